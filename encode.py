@@ -1,0 +1,164 @@
+"""Stage 1: read relation instances, inject entity-type markers, tokenize, and write arrays.
+
+    python encode.py data/train.json --out runs/default/train --features
+    python encode.py data/test.json  --out runs/default/test --tokenizer-from runs/default/train --features
+
+Reads a TACRED JSON, JSON lines or FewRel file (data.py) and a --model (a Hugging Face name or a
+local directory; default: the packaged all-MiniLM-L6-v2).  The marker vocabulary (<h:TYPE>, </h:TYPE>,
+<t:TYPE>, </t:TYPE> for every type in the data) is added to the tokenizer, which is saved with the run
+so that every later stage, and every other file encoded with --tokenizer-from, uses the same ids.
+
+Writes into --out:
+    tokenizer/                   the extended tokenizer
+    input_ids.npy   int32 [N, T] [CLS] marked sentence [SEP], zero-padded to T = the longest
+    lengths.npy     int32 [N]    tokens per instance (the attention mask is arange(T) < length)
+    head_pos.npy    int32 [N]    position of the head start marker <h:...>
+    tail_pos.npy    int32 [N]    position of the tail start marker <t:...>
+    index.npy       int32 [N]    the record each instance comes from (records that do not fit are skipped)
+    ids.json                     the records' ids
+    type_pair.npy   int32 [N]    (head type, tail type) pair id, names in meta.json, when the data has types
+    labels.npy      int32 [N]    gold relation id, names in label_names.json, when every record has one;
+                                 read by evaluate.py only
+    features.npy  float32 [N,2H] with --features: the frozen encoder's [h_head ; h_tail]
+    meta.json                    what was read and written; written last, so its presence means complete
+"""
+import argparse
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import torch
+
+from data import (DataError, Log, encode_instance, fail, file_digest, fingerprint, length_batches,
+                  load_json, marker_vocabulary, read_instances, save_json, save_npy, FORMATS)
+from model import RelationEncoder, build_encoder, default_model, load_tokenizer, represent
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("data", help="TACRED JSON, JSON lines or FewRel JSON file")
+    ap.add_argument("--out", help="run directory to write (default: runs/<data file name>)")
+    ap.add_argument("--format", choices=FORMATS, help="input format (default: detected from the content)")
+    ap.add_argument("--model", help="Hugging Face name or local path (default: packaged all-MiniLM-L6-v2)")
+    ap.add_argument("--tokenizer-from", metavar="RUN",
+                    help="reuse the model and marker vocabulary of another encoded run (for test or new data)")
+    ap.add_argument("--max-length", type=int, default=128, help="subword tokens per instance, markers included")
+    ap.add_argument("--strict", action="store_true",
+                    help="fail on a record whose two entities do not fit in --max-length (default: skip it)")
+    ap.add_argument("--features", action="store_true", help="also write the frozen encoder's features.npy")
+    ap.add_argument("--batch-size", type=int, default=64)
+    args = ap.parse_args()
+    log = Log("encode")
+    out = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.data))[0])
+    if args.max_length < 8:
+        raise DataError(f"--max-length {args.max_length}: too short for [CLS], four markers, two entities and [SEP]")
+
+    instances = read_instances(args.data, args.format)
+    log(f"read {len(instances)} records from {args.data}")
+
+    # the marker vocabulary: new tokens of a fresh tokenizer, or the one of an earlier run
+    if args.tokenizer_from:
+        like = load_json(os.path.join(args.tokenizer_from, "meta.json"))
+        model_name = like["model"]
+        tokenizer = load_tokenizer(os.path.join(args.tokenizer_from, "tokenizer"))
+        marker_list = like["markers"]
+    else:
+        model_name = args.model or default_model()
+        tokenizer = load_tokenizer(model_name)
+        marker_list = marker_vocabulary(instances)
+        tokenizer.add_tokens(marker_list, special_tokens=True)
+    marker_ids = dict(zip(marker_list, tokenizer.convert_tokens_to_ids(marker_list)))
+    unknown = sorted({t for x in instances for t in (x.head_type, x.tail_type)
+                      if t and f"<h:{t}>" not in marker_ids and f"<t:{t}>" not in marker_ids})
+    if unknown:
+        log(f"types not in the marker vocabulary of {args.tokenizer_from}, marked untyped: {unknown}")
+
+    # tokenize every distinct word once, then assemble each marked sentence from its pieces
+    words = sorted({w for x in instances for w in x.tokens})
+    piece_ids = dict(zip(words, tokenizer(words, add_special_tokens=False)["input_ids"]))
+    encoded, kept = [], []
+    for i, x in enumerate(instances):
+        e = encode_instance(x, piece_ids, marker_ids, tokenizer.cls_token_id, tokenizer.sep_token_id,
+                            args.max_length)
+        if e is None:
+            if args.strict:
+                raise DataError(f"{args.data}: record {i} (id {x.id}): fields 'subj_start'..'obj_end': "
+                                f"the two entities span more than --max-length {args.max_length} tokens")
+            continue
+        encoded.append(e)
+        kept.append(i)
+    if not encoded:
+        raise DataError(f"{args.data}: no record fits in --max-length {args.max_length}")
+    n, width = len(encoded), max(len(e[0]) for e in encoded)
+    input_ids = np.full((n, width), tokenizer.pad_token_id, np.int32)
+    for row, (ids, _, _) in enumerate(encoded):
+        input_ids[row, :len(ids)] = ids
+    arrays = {"input_ids": input_ids,
+              "lengths": np.array([len(e[0]) for e in encoded], np.int32),
+              "head_pos": np.array([e[1] for e in encoded], np.int32),
+              "tail_pos": np.array([e[2] for e in encoded], np.int32),
+              "index": np.array(kept, np.int32)}
+    kept_instances = [instances[i] for i in kept]
+    log(f"encoded {n} instances ({len(instances) - n} skipped: entities beyond --max-length {args.max_length}), "
+        f"mean length {arrays['lengths'].mean():.1f} tokens, {len(marker_list)} markers")
+
+    # everything below is written into a directory whose meta.json is removed first and written last
+    os.makedirs(out, exist_ok=True)
+    if os.path.exists(os.path.join(out, "meta.json")):
+        os.remove(os.path.join(out, "meta.json"))
+    for name in ("features", "labels", "type_pair"):  # optional outputs of an earlier run
+        if os.path.exists(os.path.join(out, name + ".npy")):
+            os.remove(os.path.join(out, name + ".npy"))
+    meta = {"stage": "encode", "source": os.path.abspath(args.data), "source_digest": file_digest(args.data),
+            "format": args.format, "model": model_name, "max_length": args.max_length,
+            "n_records": len(instances), "n_instances": n, "n_skipped": len(instances) - n,
+            "markers": marker_list, "width": width}
+    meta["fingerprint"] = fingerprint(meta)
+    save_tokenizer(tokenizer, os.path.join(out, "tokenizer"))
+    for name, a in arrays.items():
+        save_npy(os.path.join(out, name + ".npy"), a)
+    save_json(os.path.join(out, "ids.json"), [x.id for x in kept_instances])
+    wrote = list(arrays) + ["ids", "tokenizer"]
+
+    if any(x.head_type or x.tail_type for x in kept_instances):
+        pairs = [f"{x.head_type}-{x.tail_type}" for x in kept_instances]
+        meta["type_pairs"], inverse = np.unique(pairs, return_inverse=True)
+        meta["type_pairs"] = meta["type_pairs"].tolist()
+        save_npy(os.path.join(out, "type_pair.npy"), inverse.astype(np.int32))
+        wrote.append("type_pair")
+    relations = [x.relation for x in kept_instances]
+    if all(r is not None for r in relations):
+        names, inverse = np.unique(relations, return_inverse=True)
+        save_npy(os.path.join(out, "labels.npy"), inverse.astype(np.int32))
+        save_json(os.path.join(out, "label_names.json"), names.tolist())
+        wrote.append("labels")
+    elif any(r is not None for r in relations):
+        log("some records have a relation and some not: no labels.npy written")
+
+    if args.features:
+        torch.manual_seed(0)
+        encoder = RelationEncoder(build_encoder(model_name, tokenizer, dropout=0.1))
+        feats, _ = represent(encoder, arrays, length_batches(arrays["lengths"], args.batch_size))
+        save_npy(os.path.join(out, "features.npy"), feats)
+        wrote.append(f"features {feats.shape}")
+        log(f"frozen features of {n} instances")
+    meta["seconds"] = round(log.elapsed(), 1)
+    save_json(os.path.join(out, "meta.json"), meta)
+    log.done(f"{', '.join(wrote)} and meta.json to {out}")
+
+
+def save_tokenizer(tokenizer, path):
+    """save_pretrained into a temporary directory, then swap it into place."""
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tokenizer.")
+    tokenizer.save_pretrained(tmp)
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except DataError as e:
+        fail(e)

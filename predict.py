@@ -1,0 +1,68 @@
+"""Stage 5: apply a trained model to another encoded file, with no retraining and no labels.
+
+    python encode.py data/test.json --out runs/default/test --tokenizer-from runs/default/train
+    python predict.py --model runs/default/cluster --data runs/default/test --out runs/default/test_cluster
+
+The papers train on a train split and report the test split; this is how.  --model is a training
+stage's directory: the clustering stage's (features, cluster probabilities and clusters) or the Siamese
+stage's (features only).  The data must have been encoded with the same marker vocabulary, i.e. with
+encode.py --tokenizer-from the training data's directory.
+
+Writes into --out:
+    features.npy   float32 [N, 2H]   eval-mode r = [h_head ; h_tail]
+    probs.npy      float32 [N, K]    with a clustering head: cluster probabilities
+    pred.npy       int32   [N]       with a clustering head: argmax cluster
+    meta.json      the model and data it came from; written last
+"""
+import argparse
+import os
+
+import numpy as np
+
+from data import DataError, Log, begin_stage, fail, length_batches, load_encoded, load_json, save_json, save_npy
+from model import load_model, represent
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True, help="directory of train_siamese.py or train_cluster.py")
+    ap.add_argument("--data", required=True, help="encoded data directory (encode.py --tokenizer-from ...)")
+    ap.add_argument("--out", required=True, help="directory to write")
+    ap.add_argument("--batch-size", type=int, default=64)
+    args = ap.parse_args()
+    log = Log("predict")
+
+    trained = load_json(os.path.join(args.model, "meta.json"))
+    if trained.get("stage") not in ("siamese", "cluster"):
+        raise DataError(f"{args.model}: not a training stage's directory (meta.json stage {trained.get('stage')!r})")
+    arrays, data_meta = load_encoded(args.data)
+    train_data = load_json(os.path.join(trained["data"], "meta.json"))
+    if (data_meta["markers"], data_meta["model"]) != (train_data["markers"], train_data["model"]):
+        raise DataError(f"{args.data}: encoded with another tokenizer than the model's training data; "
+                        f"encode it with --tokenizer-from {trained['data']}")
+    model, config = load_model(os.path.join(args.model, "model.pt"))
+    log(f"read {data_meta['n_instances']} encoded instances from {args.data} and the {trained['stage']} "
+        f"model from {args.model}")
+
+    begin_stage(args.out)
+    feats, probs = represent(model.encoder, arrays, length_batches(arrays["lengths"], args.batch_size),
+                             model.cluster_head)
+    save_npy(os.path.join(args.out, "features.npy"), feats)
+    wrote = [f"features.npy {feats.shape}"]
+    if probs is not None:
+        save_npy(os.path.join(args.out, "probs.npy"), probs)
+        save_npy(os.path.join(args.out, "pred.npy"), probs.argmax(1).astype(np.int32))
+        wrote += ["probs.npy", "pred.npy"]
+    save_json(os.path.join(args.out, "meta.json"),
+              {"stage": "predict", "model_stage": trained["stage"], "model": os.path.abspath(args.model),
+               "data": os.path.abspath(args.data), "data_fingerprint": data_meta["fingerprint"],
+               "n_instances": data_meta["n_instances"], "fingerprint": trained["fingerprint"],
+               "seconds": round(log.elapsed(), 1)})
+    log.done(f"{', '.join(wrote)} and meta.json to {args.out}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except DataError as e:
+        fail(e)

@@ -1,0 +1,142 @@
+"""Stage 4: relational semantic clustering (paper section 3.3).
+
+    python train_cluster.py --data runs/default/train --init runs/default/siamese --out runs/default/cluster
+
+Starts from the Siamese stage's model and the neighbours mined from its features (mine_neighbors.py).
+A clustering head maps r = [h_head ; h_tail] to K cluster probabilities phi(x).  Each step takes a
+batch of instances and, for each, one of its mined neighbours drawn at random, and minimises
+    L = L_siam(x)  +  L_scan(x, neighbour),
+    L_scan = -mean log <phi(x), phi(neighbour)>  -  lambda * H(mean phi(x))        (model.scan_loss)
+so an instance and its neighbours get the same confident prediction while the entropy of the mean
+prediction keeps the K clusters in use; the Siamese loss keeps shaping the encoder meanwhile.
+Every --remine-every epochs the neighbours are mined again from the current features, with the
+function mine_neighbors.mine, so they improve as the features do.
+
+Writes into --out:
+    model.pt        encoder + Siamese heads + clustering head
+    features.npy    float32 [N, 2H]  eval-mode r after training
+    probs.npy       float32 [N, K]   cluster probabilities
+    pred.npy        int32   [N]      argmax cluster of each instance
+    checkpoint.pt   after each epoch (--resume goes on from it)
+    meta.json       arguments, per-epoch losses, cluster sizes, timing; written last
+"""
+import argparse
+import os
+
+import numpy as np
+import torch
+
+from data import (DataError, Log, begin_stage, fail, fingerprint, length_batches, load_encoded, load_json,
+                  load_npy, save_json, save_npy)
+from mine_neighbors import mine
+from model import (URE, load_checkpoint, load_model, make_optimizer, represent, save_checkpoint,
+                   save_model, scan_loss, to_batch)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, help="encoded data directory (encode.py)")
+    ap.add_argument("--init", required=True, help="Siamese stage directory with model.pt and neighbors.npy")
+    ap.add_argument("--out", required=True, help="directory to write")
+    ap.add_argument("--k", type=int, default=10, help="number of clusters (papers: 10)")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-5, help="encoder learning rate")
+    ap.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the heads")
+    ap.add_argument("--entropy-weight", type=float, default=2.0, help="lambda of the entropy term")
+    ap.add_argument("--siamese-weight", type=float, default=1.0, help="weight of the Siamese loss")
+    ap.add_argument("--remine-every", type=int, default=1, help="epochs between neighbour re-mining (0: never)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true", help="go on from --out/checkpoint.pt")
+    args = ap.parse_args()
+    log = Log("cluster")
+    log("settings: " + " ".join(f"{k}={v}" for k, v in vars(args).items()))
+    torch.manual_seed(args.seed)
+
+    arrays, data_meta = load_encoded(args.data)
+    n = data_meta["n_instances"]
+    init_meta = load_json(os.path.join(args.init, "meta.json"))
+    if init_meta.get("data_fingerprint") != data_meta["fingerprint"]:
+        raise DataError(f"{args.init}: was trained on other data than {args.data} (fingerprints differ)")
+    mined = load_json(os.path.join(args.init, "neighbors.json"))
+    if mined["features_fingerprint"] != init_meta["fingerprint"]:
+        raise DataError(f"{args.init}/neighbors.npy: mined from other features; run mine_neighbors.py again")
+    neighbors = np.array(load_npy(os.path.join(args.init, "neighbors.npy"), n))
+    log(f"read {n} encoded instances from {args.data}, model and {neighbors.shape[1]} neighbours each from {args.init}")
+
+    siamese, config = load_model(os.path.join(args.init, "model.pt"))
+    model = URE(siamese.encoder.bert, config["proj_dim"], config["pred_dim"], args.k)
+    model.projector.load_state_dict(siamese.projector.state_dict())
+    model.predictor.load_state_dict(siamese.predictor.state_dict())
+    init = model.cluster_head.init_from(load_npy(os.path.join(args.init, "features.npy"), n), args.seed)
+    log(f"cluster prototypes start at the k-means centroids of the Siamese features "
+        f"(sizes {sorted(np.bincount(init.numpy(), minlength=args.k).tolist(), reverse=True)})")
+    batches_per_epoch = len(length_batches(arrays["lengths"], args.batch_size))
+    opt, sched = make_optimizer(model, args.lr, args.head_lr, args.epochs * batches_per_epoch)
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "resume", "data", "init")}
+    run_id = fingerprint(data_meta["fingerprint"], init_meta["fingerprint"], settings)
+
+    begin_stage(args.out)
+    checkpoint, start, history = os.path.join(args.out, "checkpoint.pt"), 0, []
+    if args.resume and os.path.exists(checkpoint):
+        state = load_checkpoint(checkpoint, model, opt, sched)
+        if state["run_id"] != run_id:
+            raise DataError(f"{checkpoint}: comes from other data or other settings; rerun without --resume")
+        start, history, neighbors = state["epoch"], state["history"], state["neighbors"].numpy()
+        log(f"resumed after epoch {start} from {checkpoint}")
+
+    model.train()
+    for epoch in range(start, args.epochs):
+        rng = np.random.default_rng([args.seed, epoch])
+        sums = np.zeros(4)
+        steps = 0
+        for b in length_batches(arrays["lengths"], args.batch_size, rng):
+            if len(b) < 2:  # BatchNorm needs two rows
+                continue
+            _, batch = to_batch(arrays, b)
+            _, nbatch = to_batch(arrays, neighbors[b, rng.integers(neighbors.shape[1], size=len(b))])
+            r1, r2 = model.encoder(*(torch.cat([t, t]) for t in batch)).chunk(2)
+            siam, _ = model.siamese(r1, r2)
+            scan, consistency, entropy = scan_loss(model.cluster_head(r1), model.cluster_head(model.encoder(*nbatch)),
+                                                   args.entropy_weight)
+            loss = args.siamese_weight * siam + scan
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            sums += [loss.item(), siam.item(), consistency.item(), entropy.item()]
+            steps += 1
+        if args.remine_every and (epoch + 1) % args.remine_every == 0 and epoch + 1 < args.epochs:
+            feats, _ = represent(model.encoder, arrays, length_batches(arrays["lengths"], 64))
+            neighbors, _ = mine(feats, neighbors.shape[1])
+            model.train()
+        history.append(dict(zip(("loss", "siamese", "consistency", "entropy"), (sums / max(steps, 1)).tolist()),
+                            epoch=epoch + 1))
+        h = history[-1]
+        log(f"epoch {epoch + 1}/{args.epochs}: loss {h['loss']:.4f} (Siamese {h['siamese']:.4f}, consistency "
+            f"{h['consistency']:.4f}, entropy {h['entropy']:.3f} of at most {np.log(args.k):.3f})"
+            + (", neighbours re-mined" if args.remine_every and (epoch + 1) % args.remine_every == 0
+               and epoch + 1 < args.epochs else ""))
+        save_checkpoint(checkpoint, model, opt, sched, epoch + 1, run_id=run_id, history=history,
+                        neighbors=torch.from_numpy(neighbors))
+
+    feats, probs = represent(model.encoder, arrays, length_batches(arrays["lengths"], 64), model.cluster_head)
+    pred = probs.argmax(1).astype(np.int32)
+    sizes = np.bincount(pred, minlength=args.k)
+    save_model(os.path.join(args.out, "model.pt"), model, {**config, "k": args.k})
+    save_npy(os.path.join(args.out, "features.npy"), feats)
+    save_npy(os.path.join(args.out, "probs.npy"), probs)
+    save_npy(os.path.join(args.out, "pred.npy"), pred)
+    log(f"cluster sizes: {sorted(sizes.tolist(), reverse=True)}; mean confidence {probs.max(1).mean():.3f}")
+    save_json(os.path.join(args.out, "meta.json"),
+              {"stage": "cluster", "data": os.path.abspath(args.data), "data_fingerprint": data_meta["fingerprint"],
+               "init": os.path.abspath(args.init), "n_instances": n, "settings": settings, "history": history,
+               "cluster_sizes": sizes.tolist(), "fingerprint": run_id, "seconds": round(log.elapsed(), 1)})
+    log.done(f"model.pt, features.npy {feats.shape}, probs.npy, pred.npy, checkpoint.pt and meta.json to {args.out}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except DataError as e:
+        fail(e)

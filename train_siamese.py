@@ -1,0 +1,109 @@
+"""Stage 2: Siamese representation learning (paper section 3.2).
+
+    python train_siamese.py --data runs/default/train --out runs/default/siamese
+
+Each batch of marked sentences goes through the encoder twice in training mode; the two dropout masks
+make the two views of a positive pair.  The representation r = [h_head ; h_tail] of each view goes
+through the projector (z) and the predictor (p), and the loss is SimSiam's symmetric negative cosine
+with stop-gradient (model.URE.siamese):
+    L = -( cos(p1, sg(z2)) + cos(p2, sg(z1)) ) / 2.
+No negative pairs: two instances of similar relations are never pushed apart.  Both views are run as
+one batch of 2B rows (each row draws its own dropout mask), which is cheaper than two passes of B.
+
+Reads the encoded data directory (encode.py).  Writes into --out:
+    model.pt          encoder + projector + predictor state dict, with what rebuilds them offline
+    features.npy      float32 [N, 2H]: eval-mode r of every instance
+    checkpoint.pt     after each epoch: model, optimiser, scheduler, RNG, epoch (--resume goes on from it)
+    meta.json         arguments, per-epoch loss and collapse signal, timing; written last
+Per epoch it logs the loss and SimSiam's collapse signal: the std of L2-normalised z per dimension,
+times sqrt(d); about 1 is healthy, near 0 is collapse (a warning is printed).
+"""
+import argparse
+import os
+
+import numpy as np
+import torch
+
+from data import DataError, Log, begin_stage, fail, fingerprint, length_batches, load_encoded, save_json, save_npy
+from model import (URE, bert_config, build_encoder, collapse_std, load_checkpoint, load_tokenizer,
+                   make_optimizer, represent, save_checkpoint, save_model, to_batch)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, help="encoded data directory (encode.py)")
+    ap.add_argument("--out", required=True, help="directory to write")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-5, help="encoder learning rate")
+    ap.add_argument("--head-lr", type=float, default=1e-3, help="projector and predictor learning rate")
+    ap.add_argument("--dropout", type=float, default=0.1, help="dropout that makes the positive pair (paper: 0.01-0.5)")
+    ap.add_argument("--proj-dim", type=int, default=768, help="projector output size")
+    ap.add_argument("--pred-dim", type=int, default=192, help="predictor bottleneck size")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true", help="go on from --out/checkpoint.pt")
+    args = ap.parse_args()
+    log = Log("siamese")
+    log("settings: " + " ".join(f"{k}={v}" for k, v in vars(args).items()))
+    torch.manual_seed(args.seed)
+
+    arrays, data_meta = load_encoded(args.data)
+    n = data_meta["n_instances"]
+    log(f"read {n} encoded instances from {args.data}")
+    tokenizer = load_tokenizer(os.path.join(args.data, "tokenizer"))
+    bert = build_encoder(data_meta["model"], tokenizer, args.dropout)
+    model = URE(bert, args.proj_dim, args.pred_dim)
+    batches_per_epoch = len(length_batches(arrays["lengths"], args.batch_size))
+    opt, sched = make_optimizer(model, args.lr, args.head_lr, args.epochs * batches_per_epoch)
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "resume", "data")}
+    run_id = fingerprint(data_meta["fingerprint"], settings)
+
+    begin_stage(args.out)
+    checkpoint, start, history = os.path.join(args.out, "checkpoint.pt"), 0, []
+    if args.resume and os.path.exists(checkpoint):
+        state = load_checkpoint(checkpoint, model, opt, sched)
+        if state["run_id"] != run_id:
+            raise DataError(f"{checkpoint}: comes from other data or other settings; rerun without --resume")
+        start, history = state["epoch"], state["history"]
+        log(f"resumed after epoch {start} from {checkpoint}")
+
+    model.train()
+    for epoch in range(start, args.epochs):
+        rng = np.random.default_rng([args.seed, epoch])
+        losses, stds = [], []
+        for b in length_batches(arrays["lengths"], args.batch_size, rng):
+            if len(b) < 2:  # BatchNorm needs two rows
+                continue
+            _, batch = to_batch(arrays, b)
+            r1, r2 = model.encoder(*(torch.cat([t, t]) for t in batch)).chunk(2)
+            loss, z = model.siamese(r1, r2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            stds.append(collapse_std(z))
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "z_std": float(np.mean(stds))})
+        log(f"epoch {epoch + 1}/{args.epochs}: loss {history[-1]['loss']:.4f}, "
+            f"collapse signal std(z/|z|)*sqrt(d) {history[-1]['z_std']:.2f} (1 healthy, 0 collapsed)")
+        if history[-1]["z_std"] < 0.3:
+            log("WARNING: the projections are collapsing (see --dropout, --lr, --head-lr)")
+        save_checkpoint(checkpoint, model, opt, sched, epoch + 1, run_id=run_id, history=history)
+
+    feats, _ = represent(model.encoder, arrays, length_batches(arrays["lengths"], 64))
+    config = {"bert": bert_config(bert), "proj_dim": args.proj_dim, "pred_dim": args.pred_dim,
+              "dropout": args.dropout}
+    save_model(os.path.join(args.out, "model.pt"), model, config)
+    save_npy(os.path.join(args.out, "features.npy"), feats)
+    save_json(os.path.join(args.out, "meta.json"),
+              {"stage": "siamese", "data": os.path.abspath(args.data), "data_fingerprint": data_meta["fingerprint"],
+               "n_instances": n, "settings": settings, "history": history, "fingerprint": run_id,
+               "seconds": round(log.elapsed(), 1)})
+    log.done(f"model.pt, features.npy {feats.shape}, checkpoint.pt and meta.json to {args.out}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except DataError as e:
+        fail(e)
