@@ -63,14 +63,15 @@ def detect_format(text):
             obj = json.loads(text)
         except json.JSONDecodeError:
             return "jsonl"  # several objects, one per line
-        return "jsonl" if "token" in obj else "fewrel"
+        # one JSONL record on one line, or a FewRel object of lists
+        return "fewrel" if obj and all(isinstance(v, list) for v in obj.values()) else "jsonl"
     return None
 
 
 def read_instances(path, fmt=None):
     """Read and check every record of `path`; returns a list of Instance."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is tolerated
             text = f.read()
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e.strerror}") from None
@@ -84,7 +85,7 @@ def read_instances(path, fmt=None):
                         f"object; or name one with --format {'/'.join(FORMATS)})")
     if fmt == "jsonl":
         records = []
-        for line_no, line in enumerate(text.splitlines(), 1):
+        for line_no, line in enumerate(text.split("\n"), 1):  # not splitlines: JSON strings may hold U+2028
             if line.strip():
                 try:
                     records.append(json.loads(line))
@@ -269,6 +270,7 @@ def atomic_write(path, write):
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -352,10 +354,16 @@ def length_batches(lengths, batch_size, rng=None):
 
 
 class Log:
-    """Prints what a stage read and wrote, and how long it took."""
+    """Prints what a stage read and wrote, and how long it took; draws progress bars unless quiet."""
 
-    def __init__(self, stage):
-        self.stage, self.t0 = stage, time.time()
+    def __init__(self, stage, quiet=False):
+        self.stage, self.t0, self.quiet = stage, time.time(), quiet
+
+    def progress(self, iterable, desc):
+        """A progress bar with rate and ETA over `iterable` (tqdm, which transformers brings)."""
+        from tqdm import tqdm
+        return tqdm(iterable, desc=f"[{self.stage}] {desc}", disable=self.quiet, leave=False,
+                    dynamic_ncols=True, mininterval=1.0)
 
     def elapsed(self):
         return time.time() - self.t0

@@ -48,8 +48,9 @@ def main():
                     help="fail on a record whose two entities do not fit in --max-length (default: skip it)")
     ap.add_argument("--features", action="store_true", help="also write the frozen encoder's features.npy")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args()
-    log = Log("encode")
+    log = Log("encode", args.quiet)
     out = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.data))[0])
     if args.max_length < 8:
         raise DataError(f"--max-length {args.max_length}: too short for [CLS], four markers, two entities and [SEP]")
@@ -139,7 +140,7 @@ def main():
     if args.features:
         torch.manual_seed(0)
         encoder = RelationEncoder(build_encoder(model_name, tokenizer, dropout=0.1))
-        feats, _ = represent(encoder, arrays, length_batches(arrays["lengths"], args.batch_size))
+        feats, _ = represent(encoder, arrays, log.progress(length_batches(arrays["lengths"], args.batch_size), "features"))
         save_npy(os.path.join(out, "features.npy"), feats)
         wrote.append(f"features {feats.shape}")
         log(f"frozen features of {n} instances")

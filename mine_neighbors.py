@@ -25,7 +25,7 @@ from data import DataError, Log, fail, load_json, load_npy, save_json, save_npy
 
 def mine(features, k, chunk=4096):
     """Exact top-k cosine neighbours of each row among the other rows: (indices int32, sims float32)."""
-    x = torch.nn.functional.normalize(torch.as_tensor(np.asarray(features), dtype=torch.float32), dim=1)
+    x = torch.nn.functional.normalize(torch.from_numpy(np.array(features, dtype=np.float32)), dim=1)
     n = x.shape[0]
     if not 1 <= k < n:
         raise DataError(f"neighbour mining: K = {k} needs at least K + 1 instances, there are {n}")

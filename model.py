@@ -15,6 +15,7 @@ the first term makes neighbours agree with confident predictions, the entropy of
 keeps all K clusters in use.
 """
 import json
+import math
 import os
 
 import numpy as np
@@ -128,7 +129,7 @@ class ClusterHead(nn.Module):
 
     @torch.no_grad()
     def init_from(self, features, seed=0):
-        x = F.normalize(torch.as_tensor(features, dtype=torch.float32), dim=1)
+        x = F.normalize(torch.from_numpy(np.array(features, dtype=np.float32)), dim=1)
         assign = torch.from_numpy(kmeans(x.numpy(), self.out_features, seed))
         self.weight.copy_(F.normalize(torch.zeros_like(self.weight).index_add_(0, assign, x), dim=1))
         return assign
@@ -155,7 +156,7 @@ class URE(nn.Module):
 def kmeans(x, k, seed=0, restarts=10, iters=100):
     """Lloyd's k-means with k-means++ seeding (Arthur & Vassilvitskii 2007); the best of `restarts`
     runs by inertia.  Returns cluster ids (int64 [N])."""
-    x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    x = torch.from_numpy(np.array(x, dtype=np.float32))
     n = x.shape[0]
     if not 1 <= k <= n:
         raise DataError(f"k-means: K = {k} but there are {n} instances")
@@ -264,7 +265,7 @@ def make_optimizer(model, lr, head_lr, steps, warmup=0.1):
                             weight_decay=0.01)
     w = max(1, int(warmup * steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / w, 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps))))
+        opt, lambda s: min((s + 1) / w, 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
     return opt, sched
 
 

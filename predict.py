@@ -29,8 +29,9 @@ def main():
     ap.add_argument("--data", required=True, help="encoded data directory (encode.py --tokenizer-from ...)")
     ap.add_argument("--out", required=True, help="directory to write")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args()
-    log = Log("predict")
+    log = Log("predict", args.quiet)
 
     trained = load_json(os.path.join(args.model, "meta.json"))
     if trained.get("stage") not in ("siamese", "cluster"):
@@ -45,7 +46,7 @@ def main():
         f"model from {args.model}")
 
     begin_stage(args.out)
-    feats, probs = represent(model.encoder, arrays, length_batches(arrays["lengths"], args.batch_size),
+    feats, probs = represent(model.encoder, arrays, log.progress(length_batches(arrays["lengths"], args.batch_size), "features"),
                              model.cluster_head)
     save_npy(os.path.join(args.out, "features.npy"), feats)
     wrote = [f"features.npy {feats.shape}"]

@@ -5,7 +5,7 @@
 #   bash run_all.sh --train T.json --test E.json --model bert-base-uncased --k 10 --out runs/mine
 #
 # Every setting is a flag or an environment variable of the same name in capitals (TRAIN, TEST, MODEL,
-# K, SIAMESE_EPOCHS, CLUSTER_EPOCHS, MAX_LENGTH, SEED, OUT, PYTHON).  Each stage prints what it read
+# K, SIAMESE_EPOCHS, CLUSTER_EPOCHS, MAX_LENGTH, SEED, OUT, PYTHON, QUIET).  Each stage prints what it read
 # and wrote; the last lines are the table that compares the method with the reference points.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -20,6 +20,7 @@ MAX_LENGTH=${MAX_LENGTH:-128}
 SEED=${SEED:-0}
 OUT=${OUT:-runs/default}
 PYTHON=${PYTHON:-python}
+QUIET=${QUIET:-}                  # non-empty: no progress bars
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -32,28 +33,30 @@ while [ $# -gt 0 ]; do
     --max-length) MAX_LENGTH=$2 ;;
     --seed) SEED=$2 ;;
     --out) OUT=$2 ;;
+    --quiet) QUIET=1; shift; continue ;;
     *) echo "run_all.sh: unknown option $1 (see the top of run_all.sh)" >&2; exit 2 ;;
   esac
   shift 2
 done
 
+Q=${QUIET:+--quiet}
 start=$(date +%s)
 echo "run_all: train=$TRAIN test=$TEST model=${MODEL:-packaged all-MiniLM-L6-v2} k=$K" \
      "siamese_epochs=$SIAMESE_EPOCHS cluster_epochs=$CLUSTER_EPOCHS max_length=$MAX_LENGTH seed=$SEED out=$OUT"
 
 # 1. encode: markers, tokens, positions (and the frozen encoder's features, a reference point)
-$PYTHON encode.py "$TRAIN" --out "$OUT/train" --max-length "$MAX_LENGTH" --features ${MODEL:+--model "$MODEL"}
-$PYTHON encode.py "$TEST" --out "$OUT/test" --max-length "$MAX_LENGTH" --features --tokenizer-from "$OUT/train"
+$PYTHON encode.py "$TRAIN" --out "$OUT/train" --max-length "$MAX_LENGTH" --features ${MODEL:+--model "$MODEL"} $Q
+$PYTHON encode.py "$TEST" --out "$OUT/test" --max-length "$MAX_LENGTH" --features --tokenizer-from "$OUT/train" $Q
 # 2. Siamese representation learning (the warm-up)
-$PYTHON train_siamese.py --data "$OUT/train" --out "$OUT/siamese" --epochs "$SIAMESE_EPOCHS" --seed "$SEED"
+$PYTHON train_siamese.py --data "$OUT/train" --out "$OUT/siamese" --epochs "$SIAMESE_EPOCHS" --seed "$SEED" $Q
 # 3. neighbours in the Siamese feature space
 $PYTHON mine_neighbors.py "$OUT/siamese"
 # 4. relational semantic clustering, jointly with the Siamese loss
 $PYTHON train_cluster.py --data "$OUT/train" --init "$OUT/siamese" --out "$OUT/cluster" --k "$K" \
-        --epochs "$CLUSTER_EPOCHS" --seed "$SEED"
+        --epochs "$CLUSTER_EPOCHS" --seed "$SEED" $Q
 # 5. the trained models applied to the test file
-$PYTHON predict.py --model "$OUT/cluster" --data "$OUT/test" --out "$OUT/test_cluster"
-$PYTHON predict.py --model "$OUT/siamese" --data "$OUT/test" --out "$OUT/test_siamese"
+$PYTHON predict.py --model "$OUT/cluster" --data "$OUT/test" --out "$OUT/test_cluster" $Q
+$PYTHON predict.py --model "$OUT/siamese" --data "$OUT/test" --out "$OUT/test_siamese" $Q
 # 6. scores on the test file: the method beside k-means on each stage's features and type-pair grouping
 $PYTHON evaluate.py "$OUT/test_cluster" "$OUT/test_siamese" "$OUT/test" --k "$K" --seed "$SEED" \
         --out "$OUT/metrics.json"

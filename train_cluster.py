@@ -48,8 +48,9 @@ def main():
     ap.add_argument("--remine-every", type=int, default=1, help="epochs between neighbour re-mining (0: never)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="go on from --out/checkpoint.pt")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args()
-    log = Log("cluster")
+    log = Log("cluster", args.quiet)
     log("settings: " + " ".join(f"{k}={v}" for k, v in vars(args).items()))
     torch.manual_seed(args.seed)
 
@@ -73,7 +74,7 @@ def main():
         f"(sizes {sorted(np.bincount(init.numpy(), minlength=args.k).tolist(), reverse=True)})")
     batches_per_epoch = len(length_batches(arrays["lengths"], args.batch_size))
     opt, sched = make_optimizer(model, args.lr, args.head_lr, args.epochs * batches_per_epoch)
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "resume", "data", "init")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "resume", "data", "init", "quiet")}
     run_id = fingerprint(data_meta["fingerprint"], init_meta["fingerprint"], settings)
 
     begin_stage(args.out)
@@ -90,7 +91,7 @@ def main():
         rng = np.random.default_rng([args.seed, epoch])
         sums = np.zeros(4)
         steps = 0
-        for b in length_batches(arrays["lengths"], args.batch_size, rng):
+        for b in log.progress(length_batches(arrays["lengths"], args.batch_size, rng), f"epoch {epoch + 1}"):
             if len(b) < 2:  # BatchNorm needs two rows
                 continue
             _, batch = to_batch(arrays, b)
@@ -107,7 +108,7 @@ def main():
             sums += [loss.item(), siam.item(), consistency.item(), entropy.item()]
             steps += 1
         if args.remine_every and (epoch + 1) % args.remine_every == 0 and epoch + 1 < args.epochs:
-            feats, _ = represent(model.encoder, arrays, length_batches(arrays["lengths"], 64))
+            feats, _ = represent(model.encoder, arrays, log.progress(length_batches(arrays["lengths"], 64), "re-mining"))
             neighbors, _ = mine(feats, neighbors.shape[1])
             model.train()
         history.append(dict(zip(("loss", "siamese", "consistency", "entropy"), (sums / max(steps, 1)).tolist()),
@@ -120,7 +121,8 @@ def main():
         save_checkpoint(checkpoint, model, opt, sched, epoch + 1, run_id=run_id, history=history,
                         neighbors=torch.from_numpy(neighbors))
 
-    feats, probs = represent(model.encoder, arrays, length_batches(arrays["lengths"], 64), model.cluster_head)
+    feats, probs = represent(model.encoder, arrays, log.progress(length_batches(arrays["lengths"], 64), "features"),
+                             model.cluster_head)
     pred = probs.argmax(1).astype(np.int32)
     sizes = np.bincount(pred, minlength=args.k)
     save_model(os.path.join(args.out, "model.pt"), model, {**config, "k": args.k})

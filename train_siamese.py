@@ -42,8 +42,9 @@ def main():
     ap.add_argument("--pred-dim", type=int, default=192, help="predictor bottleneck size")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="go on from --out/checkpoint.pt")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args()
-    log = Log("siamese")
+    log = Log("siamese", args.quiet)
     log("settings: " + " ".join(f"{k}={v}" for k, v in vars(args).items()))
     torch.manual_seed(args.seed)
 
@@ -55,7 +56,7 @@ def main():
     model = URE(bert, args.proj_dim, args.pred_dim)
     batches_per_epoch = len(length_batches(arrays["lengths"], args.batch_size))
     opt, sched = make_optimizer(model, args.lr, args.head_lr, args.epochs * batches_per_epoch)
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "resume", "data")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "resume", "data", "quiet")}
     run_id = fingerprint(data_meta["fingerprint"], settings)
 
     begin_stage(args.out)
@@ -71,7 +72,7 @@ def main():
     for epoch in range(start, args.epochs):
         rng = np.random.default_rng([args.seed, epoch])
         losses, stds = [], []
-        for b in length_batches(arrays["lengths"], args.batch_size, rng):
+        for b in log.progress(length_batches(arrays["lengths"], args.batch_size, rng), f"epoch {epoch + 1}"):
             if len(b) < 2:  # BatchNorm needs two rows
                 continue
             _, batch = to_batch(arrays, b)
@@ -90,7 +91,7 @@ def main():
             log("WARNING: the projections are collapsing (see --dropout, --lr, --head-lr)")
         save_checkpoint(checkpoint, model, opt, sched, epoch + 1, run_id=run_id, history=history)
 
-    feats, _ = represent(model.encoder, arrays, length_batches(arrays["lengths"], 64))
+    feats, _ = represent(model.encoder, arrays, log.progress(length_batches(arrays["lengths"], 64), "features"))
     config = {"bert": bert_config(bert), "proj_dim": args.proj_dim, "pred_dim": args.pred_dim,
               "dropout": args.dropout}
     save_model(os.path.join(args.out, "model.pt"), model, config)

@@ -1,0 +1,134 @@
+"""Quality benchmark on real data: the method against the reference points, on a held-out 20 %.
+
+    python bench/quality.py                       # both sets in ../shared/data, about 60 min on 2 cores
+    python bench/quality.py --sets redocred --siamese-epochs 1 --cluster-epochs 1
+
+For each set it splits the file 80 / 20 with a fixed seed, runs the whole pipeline on the 80 %
+(encode, train_siamese, mine_neighbors, train_cluster at K = 10 and at K = the number of gold
+relations), predicts the 20 % with the trained models, and scores, at both K:
+    (a) one cluster per (head type, tail type) pair, where there are types;
+    (b) k-means on the frozen encoder's features;
+    (c) k-means on the Siamese features;
+    (d) the clustering head (the method);
+    (e) k-means on the final features.
+Same run, same split, same seed.  Every setting is fixed before the run: nothing here, and nothing
+in the pipeline, looks at the gold labels except evaluate.py.  Writes bench/out/quality.json and
+bench/out/quality.md, and prints the wall time of each stage.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SETS = {"redocred": ("redocred_dev.json", 91), "fewrel": ("fewrel_val_wiki.json", 16)}
+METRICS = ("b3_precision", "b3_recall", "b3_f1", "v_homogeneity", "v_completeness", "v_measure", "ari")
+
+
+def split(path, out_dir, seed):
+    """80 / 20 split of a TACRED list or a FewRel object, written in the file's own format."""
+    with open(path, encoding="utf-8") as f:
+        raw = json.load(f)
+    items = raw if isinstance(raw, list) else [(r, x) for r, xs in raw.items() for x in xs]
+    order = np.random.default_rng(seed).permutation(len(items))
+    cut = int(0.8 * len(items))
+    files = []
+    for name, part in (("train", order[:cut]), ("test", order[cut:])):
+        chosen = [items[i] for i in sorted(part)]
+        if not isinstance(raw, list):
+            grouped = {}
+            for r, x in chosen:
+                grouped.setdefault(r, []).append(x)
+            chosen = grouped
+        files.append(os.path.join(out_dir, f"{name}.json"))
+        with open(files[-1], "w", encoding="utf-8") as f:
+            json.dump(chosen, f)
+    return files
+
+
+def run(cmd, times, label):
+    t = time.time()
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run([sys.executable] + cmd + ["--quiet"], cwd=ROOT, check=True)
+    times[label] = times.get(label, 0) + round(time.time() - t, 1)
+
+
+def evaluate(dirs, k, out, times):
+    t = time.time()
+    subprocess.run([sys.executable, "evaluate.py", *dirs, "--k", str(k), "--out", out], cwd=ROOT, check=True)
+    times["evaluate"] = times.get("evaluate", 0) + round(time.time() - t, 1)
+    with open(out) as f:
+        return json.load(f)["rows"]
+
+
+def bench_set(name, args):
+    file, n_gold = SETS[name]
+    out = os.path.join(args.out, name)
+    os.makedirs(out, exist_ok=True)
+    train, test = split(os.path.join(args.data_dir, file), out, args.seed)
+    times, table = {}, {}
+    ml = ["--max-length", str(args.max_length)]
+    run(["encode.py", train, "--out", f"{out}/train", "--features", *ml], times, "encode")
+    run(["encode.py", test, "--out", f"{out}/test", "--features", "--tokenizer-from", f"{out}/train", *ml],
+        times, "encode")
+    run(["train_siamese.py", "--data", f"{out}/train", "--out", f"{out}/siamese",
+         "--epochs", str(args.siamese_epochs), "--seed", str(args.seed)], times, "train_siamese")
+    run(["mine_neighbors.py", f"{out}/siamese"], times, "mine_neighbors")
+    run(["predict.py", "--model", f"{out}/siamese", "--data", f"{out}/test", "--out", f"{out}/test_siamese"],
+        times, "predict")
+    for k in (10, n_gold):
+        run(["train_cluster.py", "--data", f"{out}/train", "--init", f"{out}/siamese", "--out",
+             f"{out}/cluster_k{k}", "--k", str(k), "--epochs", str(args.cluster_epochs), "--seed", str(args.seed)],
+            times, "train_cluster")
+        run(["predict.py", "--model", f"{out}/cluster_k{k}", "--data", f"{out}/test", "--out",
+             f"{out}/test_cluster_k{k}"], times, "predict")
+        rows = evaluate([f"{out}/test_cluster_k{k}", f"{out}/test_siamese", f"{out}/test"], k,
+                        f"{out}/metrics_k{k}.json", times)
+        table[k] = rows
+    return {"data": file, "n_gold": n_gold, "times": times, "table": table}
+
+
+def markdown(results, args):
+    lines = [f"Held-out 20 % (seed {args.seed}), encoder all-MiniLM-L6-v2 unless --model, {args.siamese_epochs} "
+             f"Siamese + {args.cluster_epochs} clustering epochs, max length {args.max_length}; percent.", ""]
+    for name, r in results.items():
+        for k, rows in r["table"].items():
+            lines += [f"**{r['data']}, K = {k}**", "",
+                      "| | B3 P | B3 R | B3 F1 | V hom | V com | V F1 | ARI |", "|---|---|---|---|---|---|---|---|"]
+            for row in rows:
+                lines.append(f"| {row['name']} | " + " | ".join(f"{100 * row[m]:.1f}" for m in METRICS) + " |")
+            lines.append("")
+        lines.append("Wall time per stage (s): " + ", ".join(f"{s} {t}" for s, t in r["times"].items()))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data-dir", default=os.path.join(os.path.dirname(ROOT), "shared", "data"))
+    ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out"))
+    ap.add_argument("--siamese-epochs", type=int, default=2)
+    ap.add_argument("--cluster-epochs", type=int, default=2)
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if not os.path.isdir(args.data_dir):
+        sys.exit(f"bench/quality.py: no benchmark data in {args.data_dir} (see ../shared/data/README.md)")
+    t0 = time.time()
+    results = {name: bench_set(name, args) for name in args.sets}
+    md = markdown(results, args) + f"\nTotal wall time: {time.time() - t0:.0f} s\n"
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "quality.json"), "w") as f:
+        json.dump({"settings": vars(args), "results": results}, f, indent=1)
+    with open(os.path.join(args.out, "quality.md"), "w") as f:
+        f.write(md)
+    print("\n" + md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Tests for mine_neighbors.py: exact top-K cosine neighbours against brute force, and purity."""
+import numpy as np
+import pytest
+
+from data import DataError
+from mine_neighbors import mine, purity
+
+
+def brute_force(x, k):
+    x = np.asarray(x, np.float64)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    s = x @ x.T
+    np.fill_diagonal(s, -np.inf)
+    idx = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return idx, np.take_along_axis(s, idx, axis=1)
+
+
+@pytest.fixture(scope="module")
+def features():
+    return np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def reference(features):
+    return brute_force(features, 7)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 300, 4096])
+def test_mine_equals_brute_force(features, reference, chunk):
+    idx, sims = mine(features, 7, chunk=chunk)
+    ref_idx, ref_sims = reference
+    assert idx.shape == (300, 7) and idx.dtype == np.int32
+    assert sims.shape == (300, 7) and sims.dtype == np.float32
+    assert np.allclose(sims, ref_sims, atol=1e-5)
+    assert np.array_equal(idx, ref_idx)
+    assert not (idx == np.arange(300)[:, None]).any()  # never itself
+    assert np.all(np.diff(sims, axis=1) <= 0)          # nearest first
+
+
+def test_mine_does_not_depend_on_chunking(features):
+    a = mine(features, 7, chunk=13)
+    b = mine(features, 7, chunk=300)
+    assert np.array_equal(a[0], b[0]) and np.allclose(a[1], b[1], atol=1e-6)
+
+
+def test_mine_is_scale_invariant(features):
+    scales = np.random.default_rng(1).uniform(0.1, 10.0, size=(300, 1)).astype(np.float32)
+    a, sa = mine(features, 5, chunk=64)
+    b, sb = mine(features * scales, 5, chunk=64)
+    assert np.array_equal(a, b) and np.allclose(sa, sb, atol=1e-5)
+
+
+def test_mine_duplicates_are_neighbours_but_not_self():
+    x = np.random.default_rng(2).normal(size=(50, 8)).astype(np.float32)
+    x[17] = x[5]
+    x[30] = 3.0 * x[5]  # same direction
+    idx, sims = mine(x, 3, chunk=16)
+    assert set(idx[5, :2].tolist()) == {17, 30} and np.allclose(sims[5, :2], 1.0, atol=1e-5)
+    assert set(idx[17, :2].tolist()) == {5, 30}
+    assert set(idx[30, :2].tolist()) == {5, 17}
+    assert not (idx == np.arange(50)[:, None]).any()
+
+
+def test_mine_k_all_others():
+    x = np.random.default_rng(3).normal(size=(6, 4))
+    idx, sims = mine(x, 5, chunk=4)
+    for i in range(6):
+        assert sorted(idx[i].tolist()) == [j for j in range(6) if j != i]
+    assert np.isfinite(sims).all()
+
+
+@pytest.mark.parametrize("k", [10, 11, 0])
+def test_mine_bad_k(k):
+    x = np.random.default_rng(4).normal(size=(10, 4))
+    with pytest.raises(DataError) as e:
+        mine(x, k)
+    assert f"K = {k}" in str(e.value) and "10" in str(e.value)
+
+
+def test_purity_hand_computed():
+    labels = np.array(["a", "a", "b", "b", "c"])
+    neighbors = np.array([[1, 2],   # a: a yes, b no      -> 1
+                          [0, 4],   # a: a yes, c no      -> 1
+                          [3, 3],   # b: b yes, b yes     -> 2
+                          [0, 1],   # b: a no,  a no      -> 0
+                          [0, 2]])  # c: no, no           -> 0
+    assert purity(neighbors, labels) == pytest.approx(4 / 10)
+    assert isinstance(purity(neighbors, labels), float)
+    assert purity(neighbors, [7, 7, 7, 7, 7]) == 1.0
+    assert purity(neighbors, list(range(5))) == 0.0

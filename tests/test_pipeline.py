@@ -1,0 +1,505 @@
+"""End-to-end tests: the stage scripts run as subprocesses on a tiny BERT, their files checked on disk.
+
+encode.py -> train_siamese.py -> mine_neighbors.py -> train_cluster.py -> predict.py -> evaluate.py, and
+run_all.sh chaining them.  The model is the session's `tiny_model` (conftest.py: a 2-layer, 32-wide BERT
+saved with save_pretrained, passed as --model PATH), so nothing is downloaded.  The expensive runs are
+shared: the module fixture `pipe` runs every stage once and most tests inspect its outputs.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import data
+from metrics import score
+
+REPO = Path(__file__).resolve().parents[1]
+HIDDEN2 = 64   # 2 * hidden size of the tiny BERT: features are [h_head ; h_tail]
+K = 4          # clusters
+MINE_K = 5     # neighbours
+SIAMESE = ["--epochs", "2", "--batch-size", "16", "--seed", "0"]
+CLUSTER = ["--k", str(K), "--epochs", "2", "--batch-size", "16", "--seed", "0"]
+
+
+# One torch thread per stage: on 2 shared cores, torch's spinning thread pool slows a stage down tenfold
+# whenever another process is busy; and the repeatability checks compare runs with the same thread count.
+ENV = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+       "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS", "1")}
+
+
+def run(*args, ok=True, timeout=300):
+    """Run `python *args` in the repository root; with ok, require exit status 0 (showing the output if not)."""
+    cmd = [sys.executable, *map(str, args)]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=ENV)
+    if ok:
+        assert p.returncode == 0, (f"{' '.join(cmd)} exited {p.returncode}\n--- stdout\n{p.stdout[-4000:]}"
+                                   f"\n--- stderr\n{p.stderr[-4000:]}")
+    return p
+
+
+def load(d, name):
+    return np.load(Path(d) / name, allow_pickle=False)
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def tokenizer_of(run_dir):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(str(Path(run_dir) / "tokenizer"))
+
+
+def expected_markers(record, known):
+    """The four markers encode.py must have put around this record's entities (data.mark's rule: a type
+    without a marker in the vocabulary `known` is marked untyped)."""
+    h_open, h_close, t_open, t_close = data.markers(record.get("subj_type"), record.get("obj_type"))
+    if h_open not in known:
+        h_open, h_close = "<h>", "</h>"
+    if t_open not in known:
+        t_open, t_close = "<t>", "</t>"
+    return h_open, h_close, t_open, t_close
+
+
+def pieces_text(tokens):
+    """Word pieces joined back into text without spaces ('##' continuations glued)."""
+    return "".join(t[2:] if t.startswith("##") else t for t in tokens)
+
+
+def check_encoded(d, records, tok=None, max_length=128, features=False, check_text=True):
+    """Check everything encode.py's docstring promises about directory `d`, encoded from `records`."""
+    d = Path(d)
+    meta = read_json(d / "meta.json")
+    tok = tok or tokenizer_of(d)
+    assert meta["stage"] == "encode"
+    assert meta["n_records"] == len(records)
+    n = meta["n_instances"]
+    assert 0 < n and n + meta["n_skipped"] == len(records)
+    assert meta["max_length"] == max_length
+
+    ids, lengths = load(d, "input_ids.npy"), load(d, "lengths.npy")
+    head, tail, index = load(d, "head_pos.npy"), load(d, "tail_pos.npy"), load(d, "index.npy")
+    assert ids.dtype == np.int32 and ids.ndim == 2 and ids.shape[0] == n
+    T = ids.shape[1]
+    assert T == meta["width"] <= max_length
+    for name, a in (("lengths", lengths), ("head_pos", head), ("tail_pos", tail), ("index", index)):
+        assert a.dtype == np.int32 and a.shape == (n,), name
+    assert (lengths <= T).all() and lengths.max() == T and (lengths <= max_length).all()
+    assert ((head >= 1) & (head < lengths - 1)).all() and ((tail >= 1) & (tail < lengths - 1)).all()
+    assert (head != tail).all()
+    assert (index >= 0).all() and (index < len(records)).all() and (np.diff(index) > 0).all()
+    assert read_json(d / "ids.json") == [str(records[i].get("id", i)) for i in index]
+
+    markers = meta["markers"]
+    assert set(data.markers(None, None)) <= set(markers)
+    marker_ids = dict(zip(markers, tok.convert_tokens_to_ids(markers)))
+    assert len(set(marker_ids.values())) == len(markers) and tok.unk_token_id not in marker_ids.values()
+    for r in range(n):
+        row, L, rec = ids[r], int(lengths[r]), records[index[r]]
+        assert row[0] == tok.cls_token_id and row[L - 1] == tok.sep_token_id, r
+        assert (row[L:] == tok.pad_token_id).all(), r
+        h_open, h_close, t_open, t_close = expected_markers(rec, markers)
+        toks = tok.convert_ids_to_tokens(row[:L].tolist())
+        assert toks[head[r]] == h_open and toks[head[r]].startswith("<h"), (r, toks)
+        assert toks[tail[r]] == t_open and toks[tail[r]].startswith("<t"), (r, toks)
+        # each marker exactly once, each closing marker after its opening one
+        for m in (h_open, h_close, t_open, t_close):
+            assert toks.count(m) == 1, (r, m, toks)
+        hc, tc = toks.index(h_close), toks.index(t_close)
+        assert head[r] < hc and tail[r] < tc
+        if check_text:  # the pieces between the markers are the entity's words
+            for (s, e), (a, b) in (((rec["subj_start"], rec["subj_end"]), (head[r], hc)),
+                                   ((rec["obj_start"], rec["obj_end"]), (tail[r], tc))):
+                assert pieces_text(toks[a + 1:b]) == "".join(rec["token"][s:e + 1]).lower(), (r, toks)
+
+    if any(x.get("subj_type") or x.get("obj_type") for x in records):
+        tp = load(d, "type_pair.npy")
+        assert tp.dtype == np.int32 and tp.shape == (n,)
+        names = meta["type_pairs"]
+        assert [names[t] for t in tp] == [f"{records[i]['subj_type']}-{records[i]['obj_type']}" for i in index]
+    if all(x.get("relation") is not None for x in records):
+        labels = load(d, "labels.npy")
+        assert labels.dtype == np.int32 and labels.shape == (n,)
+        label_names = read_json(d / "label_names.json")
+        assert [label_names[l] for l in labels] == [records[i]["relation"] for i in index]
+    if features:
+        f = load(d, "features.npy")
+        assert f.dtype == np.float32 and f.shape == (n, HIDDEN2) and np.isfinite(f).all()
+    else:
+        assert not (d / "features.npy").exists()
+    return meta
+
+
+# ---- the whole pipeline, run once ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory, tiny_model, tiny_data):
+    out = tmp_path_factory.mktemp("pipe")
+    train_file, test_file = tiny_data
+    p = SimpleNamespace(root=out, model=tiny_model, train_file=train_file, test_file=test_file,
+                        train=out / "train", test=out / "test", siamese=out / "siamese",
+                        cluster=out / "cluster", test_cluster=out / "test_cluster",
+                        test_siamese=out / "test_siamese", logs={})
+    p.train_records, p.test_records = read_json(train_file), read_json(test_file)
+    p.logs["encode"] = run("encode.py", train_file, "--out", p.train, "--model", tiny_model, "--features")
+    p.logs["encode_test"] = run("encode.py", test_file, "--out", p.test, "--tokenizer-from", p.train,
+                                "--features")
+    p.logs["siamese"] = run("train_siamese.py", "--data", p.train, "--out", p.siamese, *SIAMESE)
+    p.logs["mine"] = run("mine_neighbors.py", p.siamese, "--k", MINE_K)
+    p.logs["cluster"] = run("train_cluster.py", "--data", p.train, "--init", p.siamese, "--out", p.cluster,
+                            *CLUSTER)
+    p.logs["predict"] = run("predict.py", "--model", p.cluster, "--data", p.test, "--out", p.test_cluster)
+    p.logs["predict_siamese"] = run("predict.py", "--model", p.siamese, "--data", p.test,
+                                    "--out", p.test_siamese)
+    p.logs["evaluate"] = run("evaluate.py", p.test_cluster, p.test_siamese, p.test, "--k", K, "--seed", 0)
+    return p
+
+
+# ---- encode.py ------------------------------------------------------------------------------------
+
+
+def test_encode_train(pipe):
+    meta = check_encoded(pipe.train, pipe.train_records, features=True)
+    assert meta["n_instances"] == len(pipe.train_records) == 120  # every short embedded sentence fits
+    assert meta["model"] == str(pipe.model)
+    types = {(r["subj_type"], r["obj_type"]) for r in pipe.train_records}
+    assert meta["markers"] == sorted(set(data.markers(None, None)).union(
+        *(data.markers(h, t) for h, t in types)))
+    assert (pipe.train / "tokenizer").is_dir()
+
+
+def test_encode_test_with_tokenizer_from(pipe):
+    train_meta, test_meta = read_json(pipe.train / "meta.json"), read_json(pipe.test / "meta.json")
+    check_encoded(pipe.test, pipe.test_records, features=True)
+    assert test_meta["markers"] == train_meta["markers"] and test_meta["model"] == train_meta["model"]
+    markers = train_meta["markers"]
+    tr, te = tokenizer_of(pipe.train), tokenizer_of(pipe.test)
+    assert tr.convert_tokens_to_ids(markers) == te.convert_tokens_to_ids(markers)
+    assert len(tr) == len(te)
+    # and the test arrays read the same with the training run's tokenizer
+    check_encoded(pipe.test, pipe.test_records, tok=tr, features=True)
+
+
+def test_encode_max_length_truncates_around_entities(pipe, tmp_path):
+    out = tmp_path / "short"
+    run("encode.py", pipe.train_file, "--out", out, "--model", pipe.model, "--max-length", 16)
+    meta = check_encoded(out, pipe.train_records, max_length=16)
+    assert meta["n_skipped"] > 0  # some entity pairs are too far apart for 14 tokens
+
+    full = {int(i): r for r, i in enumerate(load(pipe.train, "index.npy"))}
+    f_ids, f_len = load(pipe.train, "input_ids.npy"), load(pipe.train, "lengths.npy")
+    f_head, f_tail = load(pipe.train, "head_pos.npy"), load(pipe.train, "tail_pos.npy")
+    ids, lengths, head, tail = (load(out, n) for n in ("input_ids.npy", "lengths.npy", "head_pos.npy",
+                                                        "tail_pos.npy"))
+    tok = tokenizer_of(pipe.train)
+    kept = {int(i): r for r, i in enumerate(load(out, "index.npy"))}
+    truncated = 0
+    for i, fr in full.items():
+        L = int(f_len[fr])
+        toks = tok.convert_ids_to_tokens(f_ids[fr, :L].tolist())
+        closes = [j for j, t in enumerate(toks) if t.startswith("</")]
+        span = max(closes) - min(f_head[fr], f_tail[fr]) + 1   # both marked entities, markers included
+        assert (i in kept) == (span <= 16 - 2), (i, span)
+        if i not in kept:
+            continue
+        r = kept[i]
+        if L <= 16:  # fits: unchanged
+            assert lengths[r] == L and (ids[r, :L] == f_ids[fr, :L]).all()
+            assert head[r] == f_head[fr] and tail[r] == f_tail[fr]
+            continue
+        truncated += 1
+        assert lengths[r] == 16
+        # a contiguous window of the full sentence, shifted consistently for both markers
+        shift = int(f_head[fr] - head[r])
+        assert shift >= 0 and f_tail[fr] - tail[r] == shift
+        assert (ids[r, 1:15] == f_ids[fr, 1 + shift:15 + shift]).all()
+    assert truncated > 0
+
+
+# ---- train_siamese.py, mine_neighbors.py, train_cluster.py -------------------------------------------
+
+
+def test_train_siamese_outputs(pipe):
+    n = read_json(pipe.train / "meta.json")["n_instances"]
+    f = load(pipe.siamese, "features.npy")
+    assert f.dtype == np.float32 and f.shape == (n, HIDDEN2) and np.isfinite(f).all()
+    assert (pipe.siamese / "model.pt").is_file() and (pipe.siamese / "checkpoint.pt").is_file()
+    meta = read_json(pipe.siamese / "meta.json")
+    assert meta["stage"] == "siamese" and meta["n_instances"] == n
+    assert Path(meta["data"]) == pipe.train.resolve()
+    assert [h["epoch"] for h in meta["history"]] == [1, 2]
+    for h in meta["history"]:
+        assert np.isfinite(h["loss"]) and -1 <= h["loss"] <= 1
+        assert np.isfinite(h["z_std"]) and h["z_std"] >= 0
+    assert not np.allclose(f, load(pipe.train, "features.npy"))  # training changed the encoder
+
+
+def test_mine_neighbors_outputs(pipe):
+    f = load(pipe.siamese, "features.npy")
+    n = f.shape[0]
+    nb, sims = load(pipe.siamese, "neighbors.npy"), load(pipe.siamese, "neighbor_sims.npy")
+    assert nb.dtype == np.int32 and nb.shape == (n, MINE_K)
+    assert sims.dtype == np.float32 and sims.shape == (n, MINE_K)
+    assert ((nb >= 0) & (nb < n)).all()
+    assert (nb != np.arange(n)[:, None]).all()                      # never itself
+    assert all(len(set(row)) == MINE_K for row in nb.tolist())      # distinct
+    assert (np.diff(sims, axis=1) <= 1e-6).all()                    # nearest first
+    # the similarities are the cosines, and no other instance is closer than the K-th neighbour
+    x = f / np.linalg.norm(f, axis=1, keepdims=True)
+    cos = x @ x.T
+    np.testing.assert_allclose(sims, np.take_along_axis(cos, nb.astype(np.int64), 1), atol=1e-4)
+    np.fill_diagonal(cos, -np.inf)
+    np.put_along_axis(cos, nb.astype(np.int64), -np.inf, 1)
+    assert (cos.max(1) <= sims[:, -1] + 1e-4).all()
+    assert read_json(pipe.siamese / "neighbors.json")["k"] == MINE_K
+
+
+def test_train_cluster_outputs(pipe):
+    n = read_json(pipe.train / "meta.json")["n_instances"]
+    pred, probs, f = (load(pipe.cluster, x) for x in ("pred.npy", "probs.npy", "features.npy"))
+    assert pred.dtype == np.int32 and pred.shape == (n,) and ((pred >= 0) & (pred < K)).all()
+    assert probs.dtype == np.float32 and probs.shape == (n, K) and (probs >= 0).all()
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    assert (pred == probs.argmax(1)).all()
+    assert f.dtype == np.float32 and f.shape == (n, HIDDEN2) and np.isfinite(f).all()
+    assert (pipe.cluster / "model.pt").is_file() and (pipe.cluster / "checkpoint.pt").is_file()
+    meta = read_json(pipe.cluster / "meta.json")
+    assert meta["stage"] == "cluster" and meta["n_instances"] == n
+    assert meta["cluster_sizes"] == np.bincount(pred, minlength=K).tolist()
+    assert [h["epoch"] for h in meta["history"]] == [1, 2]
+    assert "re-mined" in pipe.logs["cluster"].stdout  # with 2 epochs the neighbours are mined again
+
+
+def test_train_cluster_repeatable(pipe, tmp_path):
+    out = tmp_path / "cluster_again"
+    run("train_cluster.py", "--data", pipe.train, "--init", pipe.siamese, "--out", out, *CLUSTER)
+    for name in ("pred.npy", "probs.npy", "features.npy"):
+        assert np.array_equal(load(out, name), load(pipe.cluster, name)), name
+
+
+def test_training_reads_no_labels(pipe, tmp_path):
+    """Training with labels.npy and label_names.json deleted gives exactly the same results."""
+    train = tmp_path / "train_nolabels"
+    shutil.copytree(pipe.train, train)
+    (train / "labels.npy").unlink()
+    (train / "label_names.json").unlink()
+    siamese, cluster = tmp_path / "siamese", tmp_path / "cluster"
+    run("train_siamese.py", "--data", train, "--out", siamese, *SIAMESE)
+    mined = run("mine_neighbors.py", siamese, "--k", MINE_K)
+    assert "purity" not in mined.stdout and "purity" in pipe.logs["mine"].stdout
+    run("train_cluster.py", "--data", train, "--init", siamese, "--out", cluster, *CLUSTER)
+    assert np.array_equal(load(siamese, "features.npy"), load(pipe.siamese, "features.npy"))
+    assert np.array_equal(load(siamese, "neighbors.npy"), load(pipe.siamese, "neighbors.npy"))
+    for name in ("pred.npy", "probs.npy", "features.npy"):
+        assert np.array_equal(load(cluster, name), load(pipe.cluster, name)), name
+
+
+
+def copy_run_without_outputs(src, dst):
+    """A training directory as an interrupted run leaves it after its last checkpoint: everything but
+    model.pt and the output arrays."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.pt", "features.npy", "probs.npy", "pred.npy"))
+    assert (dst / "checkpoint.pt").is_file() and not (dst / "model.pt").exists()
+
+
+def test_train_siamese_resume_after_last_epoch(pipe, tmp_path):
+    """The `pipe` run's outputs lost after its last checkpoint: --resume skips training and writes the
+    same features and history as the uninterrupted run."""
+    b = tmp_path / "siamese_b"
+    copy_run_without_outputs(pipe.siamese, b)
+    resumed = run("train_siamese.py", "--data", pipe.train, "--out", b, *SIAMESE, "--resume")
+    assert "resumed after epoch 2" in resumed.stdout
+    assert "epoch 1/" not in resumed.stdout and "epoch 2/" not in resumed.stdout  # no training
+    assert np.array_equal(load(b, "features.npy"), load(pipe.siamese, "features.npy"))
+    assert read_json(b / "meta.json")["history"] == read_json(pipe.siamese / "meta.json")["history"]
+
+
+def test_train_siamese_resume_refuses_other_settings(pipe, tmp_path):
+    b = tmp_path / "siamese_b"
+    copy_run_without_outputs(pipe.siamese, b)
+    p = run("train_siamese.py", "--data", pipe.train, "--out", b, *SIAMESE, "--lr", "1e-4", "--resume", ok=False)
+    assert p.returncode != 0 and "rerun without --resume" in p.stderr
+
+
+def test_train_cluster_resume_after_last_epoch(pipe, tmp_path):
+    b = tmp_path / "cluster_b"
+    copy_run_without_outputs(pipe.cluster, b)
+    resumed = run("train_cluster.py", "--data", pipe.train, "--init", pipe.siamese, "--out", b, *CLUSTER,
+                  "--resume")
+    assert "resumed after epoch 2" in resumed.stdout
+    for name in ("pred.npy", "probs.npy", "features.npy"):
+        assert np.array_equal(load(b, name), load(pipe.cluster, name)), name
+    assert read_json(b / "meta.json")["history"] == read_json(pipe.cluster / "meta.json")["history"]
+
+
+# ---- predict.py ---------------------------------------------------------------------------------------
+
+
+def test_predict_on_test(pipe):
+    n = read_json(pipe.test / "meta.json")["n_instances"]
+    assert n == len(pipe.test_records)
+    pred, probs, f = (load(pipe.test_cluster, x) for x in ("pred.npy", "probs.npy", "features.npy"))
+    assert pred.dtype == np.int32 and pred.shape == (n,) and ((pred >= 0) & (pred < K)).all()
+    assert probs.dtype == np.float32 and probs.shape == (n, K)
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    assert (pred == probs.argmax(1)).all()
+    assert f.dtype == np.float32 and f.shape == (n, HIDDEN2) and np.isfinite(f).all()
+    meta = read_json(pipe.test_cluster / "meta.json")
+    assert meta["stage"] == "predict" and meta["model_stage"] == "cluster" and meta["n_instances"] == n
+    # the Siamese model gives features only
+    fs = load(pipe.test_siamese, "features.npy")
+    assert fs.dtype == np.float32 and fs.shape == (n, HIDDEN2)
+    assert not (pipe.test_siamese / "pred.npy").exists() and not (pipe.test_siamese / "probs.npy").exists()
+
+
+def test_predict_on_training_data_reproduces_training_outputs(pipe, tmp_path):
+    """model.pt, rebuilt offline by predict.py, is the model that wrote the training stage's outputs."""
+    out = tmp_path / "again"
+    run("predict.py", "--model", pipe.cluster, "--data", pipe.train, "--out", out)
+    np.testing.assert_allclose(load(out, "features.npy"), load(pipe.cluster, "features.npy"), atol=1e-5)
+    np.testing.assert_allclose(load(out, "probs.npy"), load(pipe.cluster, "probs.npy"), atol=1e-5)
+    assert (load(out, "pred.npy") == load(pipe.cluster, "pred.npy")).mean() > 0.95
+
+
+def test_predict_refuses_other_marker_vocabulary(pipe, tmp_path):
+    records = [dict(r) for r in pipe.test_records]
+    records[0]["subj_type"] = "ANIMAL"
+    path = tmp_path / "animal.json"
+    path.write_text(json.dumps(records), encoding="utf-8")
+
+    # encoded on its own, its marker vocabulary has <h:ANIMAL>: predict.py must refuse it
+    alone = tmp_path / "alone"
+    run("encode.py", path, "--out", alone, "--model", pipe.model)
+    assert "<h:ANIMAL>" in read_json(alone / "meta.json")["markers"]
+    refused = run("predict.py", "--model", pipe.cluster, "--data", alone, "--out", tmp_path / "p1", ok=False)
+    assert refused.returncode != 0
+    assert "--tokenizer-from" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "p1" / "pred.npy").exists()
+
+    # encoded with --tokenizer-from, the unknown type is marked untyped and predict.py accepts it
+    shared = tmp_path / "shared"
+    enc = run("encode.py", path, "--out", shared, "--tokenizer-from", pipe.train)
+    assert "ANIMAL" in enc.stdout
+    meta = check_encoded(shared, records)
+    assert meta["markers"] == read_json(pipe.train / "meta.json")["markers"]
+    tok = tokenizer_of(shared)
+    assert tok.convert_ids_to_tokens(int(load(shared, "input_ids.npy")[0, load(shared, "head_pos.npy")[0]])) == "<h>"
+    run("predict.py", "--model", pipe.cluster, "--data", shared, "--out", tmp_path / "p2")
+    assert load(tmp_path / "p2", "pred.npy").shape == (len(records),)
+
+
+# ---- evaluate.py --------------------------------------------------------------------------------------
+
+
+ROWS = ["one cluster per type pair", "clustering head (the method)", "k-means, final features",
+        "k-means, Siamese features", "k-means, frozen encoder"]
+
+
+def test_evaluate_table_and_metrics(pipe):
+    out = pipe.logs["evaluate"].stdout
+    for name in ROWS:
+        assert name in out, out
+    m = read_json(pipe.test_cluster / "metrics.json")
+    assert m["k"] == K and m["n"] == len(pipe.test_records)
+    assert [r["name"] for r in m["rows"]] == ROWS
+    for r in m["rows"]:
+        for key in ("b3_f1", "v_measure", "ari"):
+            assert -1 <= r[key] <= 1, (r["name"], key)
+        assert 0 <= r["b3_f1"] <= 1 and 0 <= r["v_measure"] <= 1
+
+
+def test_evaluate_scores_are_recomputable(pipe):
+    """The rows are metrics.score of the gold labels against each clustering, recomputed here."""
+    from model import kmeans
+
+    labels = load(pipe.test, "labels.npy")
+    rows = {r["name"]: r for r in read_json(pipe.test_cluster / "metrics.json")["rows"]}
+    expected = {"one cluster per type pair": load(pipe.test, "type_pair.npy"),
+                "clustering head (the method)": load(pipe.test_cluster, "pred.npy")}
+    for name, d in (("k-means, final features", pipe.test_cluster), ("k-means, Siamese features", pipe.test_siamese),
+                    ("k-means, frozen encoder", pipe.test)):
+        f = load(d, "features.npy")
+        expected[name] = kmeans(f / np.linalg.norm(f, axis=1, keepdims=True), K, 0)
+    for name, pred in expected.items():
+        s = score(labels, pred)
+        for key in ("b3_f1", "b3_precision", "b3_recall", "v_measure", "ari", "n_clusters"):
+            assert rows[name][key] == pytest.approx(s[key], abs=1e-9), (name, key)
+    # gold grouping by type pair has B3 recall 1: each relation has one type pair
+    assert rows["one cluster per type pair"]["b3_recall"] == pytest.approx(1.0)
+
+
+def test_evaluate_refuses_mixed_data(pipe, tmp_path):
+    p = run("evaluate.py", pipe.cluster, pipe.test, "--k", K, "--out", tmp_path / "m.json", ok=False)
+    assert p.returncode != 0 and "different data" in p.stderr
+    assert not (tmp_path / "m.json").exists()
+
+
+# ---- run_all.sh ---------------------------------------------------------------------------------------
+
+
+def test_run_all_end_to_end(tiny_model, tiny_data, tmp_path):
+    train, test = tiny_data
+    out = tmp_path / "run"
+    env = {**ENV, "PYTHON": sys.executable}
+    p = subprocess.run(["bash", "run_all.sh", "--train", str(train), "--test", str(test), "--model", str(tiny_model),
+                        "--k", str(K), "--siamese-epochs", "1", "--cluster-epochs", "1", "--out", str(out)],
+                       cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, f"run_all.sh exited {p.returncode}\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
+    for name in ("clustering head (the method)", "k-means, Siamese features", "k-means, frozen encoder",
+                 "one cluster per type pair"):
+        assert name in p.stdout
+    m = read_json(out / "metrics.json")
+    assert len(m["rows"]) == 5 and [r["name"] for r in m["rows"]] == ROWS
+    assert m["k"] == K and m["n"] == len(read_json(test))
+    for d in ("train", "test", "siamese", "cluster", "test_cluster", "test_siamese"):
+        assert (out / d / "meta.json").is_file(), d
+
+
+def test_run_all_unknown_option():
+    p = subprocess.run(["bash", "run_all.sh", "--bogus", "1"], cwd=REPO, capture_output=True, text=True,
+                       timeout=60, env=ENV)
+    assert p.returncode != 0
+    assert "unknown option --bogus" in p.stderr
+
+
+# ---- the real benchmark data beside the project (skipped when absent) ---------------------------------
+
+
+def shared_data():
+    candidates = [os.environ.get("URE_SHARED_DATA"), Path(__file__).resolve().parents[2] / "shared" / "data"]
+    for c in candidates:
+        if c and (Path(c) / "redocred_dev.json").is_file() and (Path(c) / "fewrel_val_wiki.json").is_file():
+            return Path(c)
+    pytest.skip("the shared benchmark data (../shared/data or $URE_SHARED_DATA) is not here")
+
+
+def test_real_data_readers():
+    d = shared_data()
+    redocred = data.read_instances(d / "redocred_dev.json")
+    assert len(redocred) == 4820
+    assert all(x.head_type and x.tail_type for x in redocred)
+    assert len({x.relation for x in redocred}) == 91
+    fewrel = data.read_instances(d / "fewrel_val_wiki.json")
+    assert len(fewrel) == 11200
+    assert all(x.head_type is None and x.tail_type is None for x in fewrel)
+    assert len({x.relation for x in fewrel}) == 16
+
+
+def test_real_data_encode(tiny_model, tmp_path):
+    d = shared_data()
+    records = read_json(d / "redocred_dev.json")[:200]
+    path = tmp_path / "redocred_200.json"
+    path.write_text(json.dumps(records), encoding="utf-8")
+    out = tmp_path / "redocred"
+    run("encode.py", path, "--out", out, "--model", tiny_model, "--features")
+    meta = check_encoded(out, records, features=True, check_text=False)
+    assert meta["n_instances"] > 150
+    assert len(read_json(out / "label_names.json")) == len({records[i]["relation"] for i in load(out, "index.npy")})
