@@ -18,12 +18,17 @@ Every stage imports from here, so that a file is read, checked and written in ex
    A sentence longer than --max-length is cut to a window centred on the two entities.
 
 3. The run directory.  Stages exchange .npy arrays and small JSON files; every file is written to a
-   temporary name and renamed into place, so an interrupted stage leaves the previous complete file
-   or none, never half of one.
+   temporary name (.NAME.*.tmp) and renamed into place, so an interrupted stage leaves the previous
+   complete file or none, never half of one; the stage's next run removes such leftovers.  meta.json
+   is removed when a stage starts and written as its last act, and it holds a fingerprint of what the
+   stage read: a stage that reads another's directory checks the fingerprints (`check_source`), so
+   files from different runs are never mixed.  Arrays load with allow_pickle=False and weights with
+   weights_only=True (model.py): nothing in a data file can run code.
 """
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -261,10 +266,13 @@ def encode_instance(x, piece_ids, marker_ids, cls_id, sep_id, max_length):
 
 
 def atomic_write(path, write):
-    """Call write(f) on a temporary file beside `path`, then rename it into place."""
+    """Call write(f) on a temporary file beside `path`, .NAME.*.tmp, then rename it into place."""
     d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".")
+    try:
+        os.makedirs(d, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    except OSError as e:
+        raise DataError(f"{path}: cannot write: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -272,9 +280,26 @@ def atomic_write(path, write):
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         os.unlink(tmp)
+        if isinstance(e, OSError):  # disk full, permissions
+            raise DataError(f"{path}: cannot write: {e.strerror or e}") from None
         raise
+
+
+def is_temporary(name):
+    """A leftover of atomic_write (or of encode.py's tokenizer directory) that a killed stage left behind."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def remove_temporaries(d):
+    for name in os.listdir(d):
+        if is_temporary(name):
+            path = os.path.join(d, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
 
 
 def save_npy(path, array):
@@ -293,6 +318,8 @@ def load_json(path):
         raise DataError(f"{path}: not found (did the stage that writes it run?)") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: invalid JSON: {e.msg}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
 
 
 def load_npy(path, rows=None):
@@ -301,10 +328,11 @@ def load_npy(path, rows=None):
         a = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
         raise DataError(f"{path}: not found (did the stage that writes it run?)") from None
-    except ValueError as e:
-        raise DataError(f"{path}: not a readable .npy array: {e}") from None
-    if rows is not None and a.shape[0] != rows:
-        raise DataError(f"{path}: has {a.shape[0]} rows but its data has {rows} instances "
+    except (ValueError, EOFError, OSError) as e:
+        raise DataError(f"{path}: not a readable .npy array of numbers: {e} "
+                        f"(pickled objects are never loaded)") from None
+    if rows is not None and (a.ndim == 0 or a.shape[0] != rows):
+        raise DataError(f"{path}: has {a.shape[0] if a.ndim else 0} rows but its data has {rows} instances "
                         f"(files from different runs?)")
     return a
 
@@ -325,30 +353,69 @@ def file_digest(path):
     return h.hexdigest()[:16]
 
 
+# what each stage's meta.json must hold for the stages that read it
+STAGES = {"encode": ("encode.py", ("n_instances", "fingerprint", "model", "markers")),
+          "siamese": ("train_siamese.py", ("data", "data_fingerprint", "n_instances", "fingerprint")),
+          "cluster": ("train_cluster.py", ("data", "data_fingerprint", "n_instances", "fingerprint")),
+          "predict": ("predict.py", ("data", "data_fingerprint", "n_instances", "fingerprint", "model_stage"))}
+
+
+def load_meta(d, stages=tuple(STAGES)):
+    """meta.json of directory `d`, checked: complete, written by one of `stages`, with its fields."""
+    path = os.path.join(d, "meta.json")
+    if not os.path.exists(path):
+        raise DataError(f"{d}: no meta.json: not a run directory, or the stage that writes it did not "
+                        f"finish (run it again)")
+    meta = load_json(path)
+    stage = meta.get("stage") if isinstance(meta, dict) else None
+    if stage not in stages:
+        raise DataError(f"{d}: not a directory of {' or '.join(STAGES[s][0] for s in stages)} "
+                        f"(its meta.json says stage {stage!r})")
+    for field in STAGES[stage][1]:
+        if field not in meta:
+            raise DataError(f"{path}: missing field '{field}' (written by another version? run "
+                            f"{STAGES[stage][0]} again)")
+    return meta
+
+
+def check_source(meta, source_meta, d):
+    """Stop when directory `d` (its meta.json `meta`) was made from other data than its data directory
+    holds now: the data was encoded again since, and `d` is out of date."""
+    if meta["data_fingerprint"] != source_meta["fingerprint"]:
+        raise DataError(f"{d}: made from other data than {meta['data']} holds now (fingerprints differ: "
+                        f"it was encoded again since); run the stages after encode.py again")
+
+
 def load_encoded(d):
     """The arrays that encode.py wrote in directory `d`, memory-mapped, with its meta.json."""
-    meta = load_json(os.path.join(d, "meta.json"))
-    if meta.get("stage") != "encode":
-        raise DataError(f"{d}: not an encoded data directory (meta.json says stage {meta.get('stage')!r})")
+    meta = load_meta(d, ("encode",))
     n = meta["n_instances"]
     arrays = {name: load_npy(os.path.join(d, name + ".npy"), n)
               for name in ("input_ids", "lengths", "head_pos", "tail_pos")}
     return arrays, meta
 
 
-def begin_stage(out):
+def begin_stage(out, stale=()):
     """Create the stage's directory and remove its meta.json: until the stage writes it again as its
-    last act, the directory reads as incomplete to every later stage."""
-    os.makedirs(out, exist_ok=True)
-    meta = os.path.join(out, "meta.json")
-    if os.path.exists(meta):
-        os.remove(meta)
+    last act, the directory reads as incomplete to every later stage.  Also removed: the temporary
+    files of a killed run, and the `stale` files, outputs of an earlier run that this one may not
+    write again."""
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{out}: cannot create the directory: {e.strerror}") from None
+    for name in ("meta.json", *stale):
+        if os.path.exists(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
+    remove_temporaries(out)
 
 
 def length_batches(lengths, batch_size, rng=None):
     """Index batches.  Without `rng` (inference): sorted by length, so that little of each batch is
     padding.  With it (training): a random permutation, because SimSiam's BatchNorm statistics and
     SCAN's entropy of the mean prediction both assume that a batch is a random sample of the data."""
+    if batch_size < 1:
+        raise DataError(f"--batch-size {batch_size}: must be at least 1")
     order = rng.permutation(len(lengths)) if rng is not None else np.argsort(lengths, kind="stable")
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
@@ -377,5 +444,5 @@ class Log:
 
 def fail(e):
     """Stop a stage with one clear line, not a traceback."""
-    print(f"error: {e}", file=sys.stderr)
+    print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)
     sys.exit(2)

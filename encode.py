@@ -8,6 +8,10 @@ local directory; default: the packaged all-MiniLM-L6-v2).  The marker vocabulary
 <t:TYPE>, </t:TYPE> for every type in the data) is added to the tokenizer, which is saved with the run
 so that every later stage, and every other file encoded with --tokenizer-from, uses the same ids.
 
+A record that cannot be used stops the stage with one line naming the file, the record and the field
+(data.read_instances); one whose two entities do not fit in --max-length even after windowing is
+skipped and counted, or stops the stage with --strict.
+
 Writes into --out:
     tokenizer/                   the extended tokenizer
     input_ids.npy   int32 [N, T] [CLS] marked sentence [SEP], zero-padded to T = the longest
@@ -28,11 +32,9 @@ import shutil
 import tempfile
 
 import numpy as np
-import torch
 
-from data import (DataError, Log, encode_instance, fail, file_digest, fingerprint, length_batches,
-                  load_json, marker_vocabulary, read_instances, save_json, save_npy, FORMATS)
-from model import RelationEncoder, build_encoder, default_model, load_tokenizer, represent
+from data import (DataError, Log, begin_stage, encode_instance, fail, file_digest, fingerprint, length_batches,
+                  load_meta, marker_vocabulary, read_instances, save_json, save_npy, FORMATS)
 
 
 def main():
@@ -54,13 +56,21 @@ def main():
     out = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.data))[0])
     if args.max_length < 8:
         raise DataError(f"--max-length {args.max_length}: too short for [CLS], four markers, two entities and [SEP]")
+    if args.model and args.tokenizer_from:
+        raise DataError(f"--model and --tokenizer-from: the model is the one {args.tokenizer_from} was encoded with")
+    if args.model:
+        check_model_dir(args.model)
 
     instances = read_instances(args.data, args.format)
     log(f"read {len(instances)} records from {args.data}")
 
+    # torch and transformers are imported once the data has been read, so a bad file is reported at once
+    import torch
+    from model import RelationEncoder, build_encoder, default_model, load_tokenizer, represent
+
     # the marker vocabulary: new tokens of a fresh tokenizer, or the one of an earlier run
     if args.tokenizer_from:
-        like = load_json(os.path.join(args.tokenizer_from, "meta.json"))
+        like = load_meta(args.tokenizer_from, ("encode",))
         model_name = like["model"]
         tokenizer = load_tokenizer(os.path.join(args.tokenizer_from, "tokenizer"))
         marker_list = like["markers"]
@@ -69,6 +79,9 @@ def main():
         tokenizer = load_tokenizer(model_name)
         marker_list = marker_vocabulary(instances)
         tokenizer.add_tokens(marker_list, special_tokens=True)
+    positions = max_positions(model_name)
+    if positions and args.max_length > positions:
+        raise DataError(f"--max-length {args.max_length}: the model {model_name} reads at most {positions} tokens")
     marker_ids = dict(zip(marker_list, tokenizer.convert_tokens_to_ids(marker_list)))
     unknown = sorted({t for x in instances for t in (x.head_type, x.tail_type)
                       if t and f"<h:{t}>" not in marker_ids and f"<t:{t}>" not in marker_ids})
@@ -78,14 +91,16 @@ def main():
     # tokenize every distinct word once, then assemble each marked sentence from its pieces
     words = sorted({w for x in instances for w in x.tokens})
     piece_ids = dict(zip(words, tokenizer(words, add_special_tokens=False)["input_ids"]))
-    encoded, kept = [], []
+    encoded, kept, skipped = [], [], []
     for i, x in enumerate(instances):
         e = encode_instance(x, piece_ids, marker_ids, tokenizer.cls_token_id, tokenizer.sep_token_id,
                             args.max_length)
         if e is None:
             if args.strict:
-                raise DataError(f"{args.data}: record {i} (id {x.id}): fields 'subj_start'..'obj_end': "
-                                f"the two entities span more than --max-length {args.max_length} tokens")
+                raise DataError(f"{args.data}: record {i} (id {x.id}): its head (tokens {x.head[0]}..{x.head[1]}) "
+                                f"and tail (tokens {x.tail[0]}..{x.tail[1]}) with their markers do not fit in "
+                                f"--max-length {args.max_length} subword tokens")
+            skipped.append(f"record {i} (id {x.id})")
             continue
         encoded.append(e)
         kept.append(i)
@@ -101,16 +116,15 @@ def main():
               "tail_pos": np.array([e[2] for e in encoded], np.int32),
               "index": np.array(kept, np.int32)}
     kept_instances = [instances[i] for i in kept]
-    log(f"encoded {n} instances ({len(instances) - n} skipped: entities beyond --max-length {args.max_length}), "
+    log(f"encoded {n} instances ({len(skipped)} skipped: entities beyond --max-length {args.max_length}), "
         f"mean length {arrays['lengths'].mean():.1f} tokens, {len(marker_list)} markers")
+    if skipped:
+        log(f"skipped (--strict makes it an error): {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
+
+    batches = length_batches(arrays["lengths"], args.batch_size)  # checks --batch-size before anything is written
 
     # everything below is written into a directory whose meta.json is removed first and written last
-    os.makedirs(out, exist_ok=True)
-    if os.path.exists(os.path.join(out, "meta.json")):
-        os.remove(os.path.join(out, "meta.json"))
-    for name in ("features", "labels", "type_pair"):  # optional outputs of an earlier run
-        if os.path.exists(os.path.join(out, name + ".npy")):
-            os.remove(os.path.join(out, name + ".npy"))
+    begin_stage(out, stale=("features.npy", "labels.npy", "label_names.json", "type_pair.npy"))
     meta = {"stage": "encode", "source": os.path.abspath(args.data), "source_digest": file_digest(args.data),
             "format": args.format, "model": model_name, "max_length": args.max_length,
             "n_records": len(instances), "n_instances": n, "n_skipped": len(instances) - n,
@@ -140,7 +154,7 @@ def main():
     if args.features:
         torch.manual_seed(0)
         encoder = RelationEncoder(build_encoder(model_name, tokenizer, dropout=0.1))
-        feats, _ = represent(encoder, arrays, log.progress(length_batches(arrays["lengths"], args.batch_size), "features"))
+        feats, _ = represent(encoder, arrays, log.progress(batches, "features"))
         save_npy(os.path.join(out, "features.npy"), feats)
         wrote.append(f"features {feats.shape}")
         log(f"frozen features of {n} instances")
@@ -149,10 +163,30 @@ def main():
     log.done(f"{', '.join(wrote)} and meta.json to {out}")
 
 
+def check_model_dir(name):
+    """A --model meant as a local directory (not a hub name such as bert-base-uncased or org/name) must
+    hold a saved model: said here in one line, rather than by the hub client."""
+    if os.path.isdir(name):
+        if not os.path.isfile(os.path.join(name, "config.json")):
+            raise DataError(f"--model {name}: the directory holds no config.json: not a saved model")
+    elif os.path.exists(name) or os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1:
+        raise DataError(f"--model {name}: no such model directory")
+
+
+def max_positions(name):
+    """The longest input the model reads (BERT: 512 tokens); None where its config does not say."""
+    from transformers import AutoConfig
+    try:
+        return getattr(AutoConfig.from_pretrained(name), "max_position_embeddings", None)
+    except (OSError, ValueError):
+        return None  # the tokenizer has loaded: build_encoder reports what is wrong with the model
+
+
 def save_tokenizer(tokenizer, path):
     """save_pretrained into a temporary directory, then swap it into place."""
-    tmp = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tokenizer.")
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tokenizer.", suffix=".tmp")
     tokenizer.save_pretrained(tmp)
+    os.chmod(tmp, 0o755)  # mkdtemp makes 0700
     if os.path.exists(path):
         shutil.rmtree(path)
     os.replace(tmp, path)

@@ -8,16 +8,17 @@ one row per clustering it holds:
     pred.npy       the clustering head's clusters, scored as they are;
     features.npy   clustered with k-means (K = --k) on L2-normalised features.
 Beside them, whenever the data has entity types, the reference point "one cluster per (head type,
-tail type) pair".  All directories must be outputs on the same data.  Prints one table: B3 P/R/F1
-(metrics.b3), V-measure homogeneity/completeness/V (metrics.v_measure) and ARI (metrics.ari), in
-percent; writes the rows to metrics.json in the first directory (or --out).
+tail type) pair".  All directories must be outputs on the same data as it is now (the fingerprints
+in their meta.json are checked: one made before the data was encoded again is refused).  Prints one
+table: B3 P/R/F1 (metrics.b3), V-measure homogeneity/completeness/V (metrics.v_measure) and ARI
+(metrics.ari), in percent; writes the rows to metrics.json in the first directory (or --out).
 """
 import argparse
 import os
 
 import numpy as np
 
-from data import DataError, Log, fail, load_json, load_npy, save_json
+from data import DataError, Log, check_source, fail, load_meta, load_npy, save_json
 from metrics import score
 from model import kmeans
 
@@ -26,7 +27,7 @@ ROW_NAMES = {"encode": "frozen encoder", "siamese": "Siamese features", "cluster
 
 def data_dir(d):
     """The encoded data directory behind `d` (itself, for an encoded directory)."""
-    meta = load_json(os.path.join(d, "meta.json"))
+    meta = load_meta(d)
     return (d if meta["stage"] == "encode" else meta["data"]), meta
 
 
@@ -56,11 +57,15 @@ def main():
     args = ap.parse_args()
     log = Log("evaluate")
 
-    data = {os.path.realpath(data_dir(d)[0]) for d in args.runs}
+    sources = [data_dir(d) for d in args.runs]
+    data = {os.path.realpath(source) for source, _ in sources}
     if len(data) > 1:
         raise DataError(f"the directories are outputs on different data: {sorted(data)}")
     data = data.pop()
-    meta = load_json(os.path.join(data, "meta.json"))
+    meta = load_meta(data, ("encode",))
+    for d, (_, m) in zip(args.runs, sources):
+        if m["stage"] != "encode":
+            check_source(m, meta, d)
     n = meta["n_instances"]
     if not os.path.exists(os.path.join(data, "labels.npy")):
         raise DataError(f"{data}: no labels.npy: its data has no gold relations to score against")

@@ -14,9 +14,11 @@ SCAN loss (Van Gansbeke et al. 2020): for an instance x and a mined neighbour n 
 the first term makes neighbours agree with confident predictions, the entropy of the mean prediction
 keeps all K clusters in use.
 """
+import atexit
 import json
 import math
 import os
+import sys
 
 import numpy as np
 import torch
@@ -214,6 +216,20 @@ def to_batch(arrays, idx):
     return idx, (ids, mask, head, tail)
 
 
+def encode_views(encoder, arrays, idx, views=1, piece=8):
+    """Training-mode r of the instances `idx` (in that order), `views` times each, every row with its
+    own dropout mask: [views, len(idx), 2H].  The rows of a random training batch go through the
+    encoder in length-sorted pieces of `piece` instances, so a short sentence is not padded to the
+    longest of the batch (half of a random batch's tokens would be padding); the batch itself, which
+    BatchNorm and the entropy term see, stays random, and r of a row does not depend on its piece."""
+    order = np.argsort(arrays["lengths"][idx], kind="stable")
+    out = []
+    for part in np.array_split(order, -(-len(idx) // piece)):
+        _, batch = to_batch(arrays, idx[part])
+        out.append(encoder(*(torch.cat([t] * views) for t in batch)).unflatten(0, (views, len(part))))
+    return torch.cat(out, 1)[:, np.argsort(order)]
+
+
 @torch.inference_mode()
 def represent(encoder, arrays, batches, head=None):
     """Eval-mode representations r of every instance (float32 [N, 2H]) and, with a cluster head,
@@ -238,14 +254,25 @@ def save_model(path, model, config):
     atomic_write(path, lambda f: torch.save({"config": config, "state": model.state_dict()}, f))
 
 
+def safe_load(path, what):
+    """torch.load with weights_only=True: tensors and plain containers, never code from the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        if "Unsupported global" in str(e):  # the weights-only unpickler met a Python object
+            raise DataError(f"{path}: refused: it holds Python objects other than weights, and loading "
+                            f"them could run code") from None
+        why = (str(e) or type(e).__name__).splitlines()[0]
+        if why.startswith("Weights only load failed"):  # torch's advice to load it unsafely: not repeated
+            why = "not a file of weights"
+        raise DataError(f"{path}: not a readable {what} ({why})") from None
+
+
 def load_model(path):
     """Rebuild a URE model saved by a training stage, with no network access."""
     if not os.path.exists(path):
         raise DataError(f"{path}: not found (did the training stage run?)")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DataError(f"{path}: not a readable model file ({e})") from None
+    saved = safe_load(path, "model file")
     c = saved["config"]
     model = URE(rebuild_encoder(c["bert"]), c["proj_dim"], c["pred_dim"], c.get("k"))
     model.load_state_dict(saved["state"])
@@ -259,6 +286,8 @@ def load_model(path):
 def make_optimizer(model, lr, head_lr, steps, warmup=0.1):
     """AdamW: the encoder at `lr`, the small heads at `head_lr`; linear warm-up over the first
     `warmup` share of the steps, then cosine decay to zero."""
+    if steps < 1:
+        raise DataError(f"nothing to train: {steps} steps (--epochs must be at least 1)")
     encoder = list(model.encoder.parameters())
     heads = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
     opt = torch.optim.AdamW([{"params": encoder, "lr": lr}, {"params": heads, "lr": head_lr}],
@@ -278,12 +307,70 @@ def save_checkpoint(path, model, opt, sched, epoch, **extra):
 
 def load_checkpoint(path, model, opt, sched):
     """Restore a checkpoint into model, optimiser and scheduler; returns it (epoch and extras)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DataError(f"{path}: not a readable checkpoint ({e})") from None
+    state = safe_load(path, "checkpoint")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     return state
+
+
+# ----------------------------------------------------------------------------------------------
+# Scale-out: the two training stages under torchrun --nproc_per_node=N
+#
+# Each global batch (the same random batches as in one process) is split across the N ranks, and each
+# rank encodes its shard, the expensive part.  The representations r of all ranks are then gathered,
+# and the heads and losses run on the whole global batch, identically on every rank: SimSiam's
+# BatchNorm and SCAN's entropy of the mean prediction see exactly the batch they see in one process.
+# Gradients: the gather's backward sums the N ranks' (identical) gradients of its output, so a rank's
+# encoder gradient is N times its shard's share of the single-process gradient, and
+# DistributedDataParallel's average over the ranks leaves exactly the single-process gradient.  The
+# heads' gradients are computed from the gathered batch and are already the same on every rank.
+
+
+def setup_distributed():
+    """(rank, world size).  Under torchrun: join the process group (gloo: the stages run on the CPU)
+    and silence the messages of every rank but 0.  On its own: (0, 1), and nothing else changes."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    torch.distributed.init_process_group("gloo")
+    atexit.register(torch.distributed.destroy_process_group)
+    rank = torch.distributed.get_rank()
+    if rank > 0:
+        sys.stdout = open(os.devnull, "w")
+    return rank, world
+
+
+def distributed(encoder, world):
+    """The encoder wrapped in DistributedDataParallel under torchrun, itself in one process."""
+    if world == 1:
+        return encoder
+    # BERT's pooler is computed but unused by r = [h_head ; h_tail], so it gets no gradient
+    return nn.parallel.DistributedDataParallel(encoder, find_unused_parameters=True)
+
+
+def shard(batch, rank, world):
+    """This rank's part of a global batch of indices (np.array_split: the first parts one longer)."""
+    return np.array_split(batch, world)[rank]
+
+
+def gather(x, n, world):
+    """The rows of every rank's shard of a global batch of n rows, in rank order, on every rank;
+    autograd-aware: the gradient of each row flows back to the rank that computed it."""
+    if world == 1:
+        return x
+    # autograd-aware; what the deprecated torch.distributed.nn.functional.all_gather became
+    from torch.distributed._functional_collectives import all_gather_single
+    sizes = [len(s) for s in np.array_split(np.arange(n), world)]
+    x = F.pad(x, (0, 0, 0, sizes[0] - x.shape[0]))  # one shape on every rank: pad to the largest shard
+    parts = all_gather_single(x, 0, torch.distributed.group.WORLD).chunk(world)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
+
+def all_rows(a, world):
+    """A numpy array in which each rank filled its own rows and left zeros elsewhere: every row, on
+    every rank (the sum over the ranks, exact because all other terms are zeros)."""
+    if world > 1:
+        torch.distributed.all_reduce(torch.from_numpy(a))
+    return a

@@ -12,14 +12,15 @@ Writes into --out:
     features.npy   float32 [N, 2H]   eval-mode r = [h_head ; h_tail]
     probs.npy      float32 [N, K]    with a clustering head: cluster probabilities
     pred.npy       int32   [N]       with a clustering head: argmax cluster
-    meta.json      the model and data it came from; written last
+    meta.json      the model and data it came from, and their fingerprints; written last
 """
 import argparse
 import os
 
 import numpy as np
 
-from data import DataError, Log, begin_stage, fail, length_batches, load_encoded, load_json, save_json, save_npy
+from data import (DataError, Log, begin_stage, check_source, fail, fingerprint, length_batches, load_encoded,
+                  load_meta, save_json, save_npy)
 from model import load_model, represent
 
 
@@ -33,11 +34,13 @@ def main():
     args = ap.parse_args()
     log = Log("predict", args.quiet)
 
-    trained = load_json(os.path.join(args.model, "meta.json"))
-    if trained.get("stage") not in ("siamese", "cluster"):
-        raise DataError(f"{args.model}: not a training stage's directory (meta.json stage {trained.get('stage')!r})")
+    if os.path.realpath(args.out) in (os.path.realpath(args.model), os.path.realpath(args.data)):
+        raise DataError(f"--out {args.out}: is the --model or --data directory; predict.py needs a directory "
+                        f"of its own")
+    trained = load_meta(args.model, ("siamese", "cluster"))
     arrays, data_meta = load_encoded(args.data)
-    train_data = load_json(os.path.join(trained["data"], "meta.json"))
+    train_data = load_meta(trained["data"], ("encode",))
+    check_source(trained, train_data, args.model)  # its markers are the ones the model was trained with
     if (data_meta["markers"], data_meta["model"]) != (train_data["markers"], train_data["model"]):
         raise DataError(f"{args.data}: encoded with another tokenizer than the model's training data; "
                         f"encode it with --tokenizer-from {trained['data']}")
@@ -45,9 +48,10 @@ def main():
     log(f"read {data_meta['n_instances']} encoded instances from {args.data} and the {trained['stage']} "
         f"model from {args.model}")
 
-    begin_stage(args.out)
-    feats, probs = represent(model.encoder, arrays, log.progress(length_batches(arrays["lengths"], args.batch_size), "features"),
-                             model.cluster_head)
+    batches = length_batches(arrays["lengths"], args.batch_size)
+
+    begin_stage(args.out, stale=("probs.npy", "pred.npy"))  # a Siamese model writes neither
+    feats, probs = represent(model.encoder, arrays, log.progress(batches, "features"), model.cluster_head)
     save_npy(os.path.join(args.out, "features.npy"), feats)
     wrote = [f"features.npy {feats.shape}"]
     if probs is not None:
@@ -57,7 +61,8 @@ def main():
     save_json(os.path.join(args.out, "meta.json"),
               {"stage": "predict", "model_stage": trained["stage"], "model": os.path.abspath(args.model),
                "data": os.path.abspath(args.data), "data_fingerprint": data_meta["fingerprint"],
-               "n_instances": data_meta["n_instances"], "fingerprint": trained["fingerprint"],
+               "model_fingerprint": trained["fingerprint"], "n_instances": data_meta["n_instances"],
+               "fingerprint": fingerprint(trained["fingerprint"], data_meta["fingerprint"]),
                "seconds": round(log.elapsed(), 1)})
     log.done(f"{', '.join(wrote)} and meta.json to {args.out}")
 

@@ -18,19 +18,24 @@ Writes into --out:
     probs.npy       float32 [N, K]   cluster probabilities
     pred.npy        int32   [N]      argmax cluster of each instance
     checkpoint.pt   after each epoch (--resume goes on from it)
-    meta.json       arguments, per-epoch losses, cluster sizes, timing; written last
+    meta.json       arguments, per-epoch losses and seconds, cluster sizes, timing; written last
+
+Under `torchrun --nproc_per_node=N train_cluster.py ...` each rank encodes 1/N of every batch and of its
+neighbours, and the losses run on the gathered batch (model.py, "Scale-out"): the same training as one
+process at the same --batch-size, except for the dropout masks; only rank 0 writes files.
 """
 import argparse
 import os
+import time
 
 import numpy as np
 import torch
 
-from data import (DataError, Log, begin_stage, fail, fingerprint, length_batches, load_encoded, load_json,
+from data import (DataError, Log, begin_stage, fail, fingerprint, length_batches, load_encoded, load_json, load_meta,
                   load_npy, save_json, save_npy)
 from mine_neighbors import mine
-from model import (URE, load_checkpoint, load_model, make_optimizer, represent, save_checkpoint,
-                   save_model, scan_loss, to_batch)
+from model import (URE, all_rows, distributed, encode_views, gather, load_checkpoint, load_model, make_optimizer,
+                   represent, save_checkpoint, save_model, scan_loss, setup_distributed, shard)
 
 
 def main():
@@ -50,13 +55,14 @@ def main():
     ap.add_argument("--resume", action="store_true", help="go on from --out/checkpoint.pt")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args()
-    log = Log("cluster", args.quiet)
+    rank, world = setup_distributed()
+    log = Log("cluster", args.quiet or rank > 0)
     log("settings: " + " ".join(f"{k}={v}" for k, v in vars(args).items()))
     torch.manual_seed(args.seed)
 
     arrays, data_meta = load_encoded(args.data)
     n = data_meta["n_instances"]
-    init_meta = load_json(os.path.join(args.init, "meta.json"))
+    init_meta = load_meta(args.init, ("siamese",))
     if init_meta.get("data_fingerprint") != data_meta["fingerprint"]:
         raise DataError(f"{args.init}: was trained on other data than {args.data} (fingerprints differ)")
     mined = load_json(os.path.join(args.init, "neighbors.json"))
@@ -77,7 +83,8 @@ def main():
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "resume", "data", "init", "quiet")}
     run_id = fingerprint(data_meta["fingerprint"], init_meta["fingerprint"], settings)
 
-    begin_stage(args.out)
+    if rank == 0:
+        begin_stage(args.out)
     checkpoint, start, history = os.path.join(args.out, "checkpoint.pt"), 0, []
     if args.resume and os.path.exists(checkpoint):
         state = load_checkpoint(checkpoint, model, opt, sched)
@@ -86,20 +93,23 @@ def main():
         start, history, neighbors = state["epoch"], state["history"], state["neighbors"].numpy()
         log(f"resumed after epoch {start} from {checkpoint}")
 
+    encoder = distributed(model.encoder, world)
     model.train()
     for epoch in range(start, args.epochs):
-        rng = np.random.default_rng([args.seed, epoch])
+        t0, rng = time.time(), np.random.default_rng([args.seed, epoch])
+        if world > 1:  # each rank its own dropout masks, from a stream that --resume can start again
+            torch.manual_seed(int(np.random.SeedSequence([args.seed, epoch, rank]).generate_state(1)[0]))
         sums = np.zeros(4)
         steps = 0
         for b in log.progress(length_batches(arrays["lengths"], args.batch_size, rng), f"epoch {epoch + 1}"):
-            if len(b) < 2:  # BatchNorm needs two rows
+            if len(b) < max(2, world):  # BatchNorm needs two rows, and every rank one
                 continue
-            _, batch = to_batch(arrays, b)
-            _, nbatch = to_batch(arrays, neighbors[b, rng.integers(neighbors.shape[1], size=len(b))])
-            r1, r2 = model.encoder(*(torch.cat([t, t]) for t in batch)).chunk(2)
+            nb = neighbors[b, rng.integers(neighbors.shape[1], size=len(b))]
+            r1, r2 = encode_views(encoder, arrays, shard(b, rank, world), views=2)
+            r1, r2 = gather(r1, len(b), world), gather(r2, len(b), world)
             siam, _ = model.siamese(r1, r2)
-            scan, consistency, entropy = scan_loss(model.cluster_head(r1), model.cluster_head(model.encoder(*nbatch)),
-                                                   args.entropy_weight)
+            rn = gather(encode_views(encoder, arrays, shard(nb, rank, world))[0], len(b), world)
+            scan, consistency, entropy = scan_loss(model.cluster_head(r1), model.cluster_head(rn), args.entropy_weight)
             loss = args.siamese_weight * siam + scan
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -108,21 +118,26 @@ def main():
             sums += [loss.item(), siam.item(), consistency.item(), entropy.item()]
             steps += 1
         if args.remine_every and (epoch + 1) % args.remine_every == 0 and epoch + 1 < args.epochs:
-            feats, _ = represent(model.encoder, arrays, log.progress(length_batches(arrays["lengths"], 64), "re-mining"))
-            neighbors, _ = mine(feats, neighbors.shape[1])
+            batches = length_batches(arrays["lengths"], 64)[rank::world]  # each rank a share, then all rows
+            feats = all_rows(represent(model.encoder, arrays, log.progress(batches, "re-mining"))[0], world)
+            neighbors, _ = mine(feats, neighbors.shape[1])  # on every rank: the same features, the same result
             model.train()
         history.append(dict(zip(("loss", "siamese", "consistency", "entropy"), (sums / max(steps, 1)).tolist()),
-                            epoch=epoch + 1))
+                            epoch=epoch + 1, seconds=round(time.time() - t0, 2)))
         h = history[-1]
         log(f"epoch {epoch + 1}/{args.epochs}: loss {h['loss']:.4f} (Siamese {h['siamese']:.4f}, consistency "
             f"{h['consistency']:.4f}, entropy {h['entropy']:.3f} of at most {np.log(args.k):.3f})"
             + (", neighbours re-mined" if args.remine_every and (epoch + 1) % args.remine_every == 0
                and epoch + 1 < args.epochs else ""))
-        save_checkpoint(checkpoint, model, opt, sched, epoch + 1, run_id=run_id, history=history,
-                        neighbors=torch.from_numpy(neighbors))
+        if rank == 0:
+            save_checkpoint(checkpoint, model, opt, sched, epoch + 1, run_id=run_id, history=history,
+                            neighbors=torch.from_numpy(neighbors))
 
-    feats, probs = represent(model.encoder, arrays, log.progress(length_batches(arrays["lengths"], 64), "features"),
-                             model.cluster_head)
+    batches = length_batches(arrays["lengths"], 64)[rank::world]  # each rank a share, then all rows
+    feats, probs = represent(model.encoder, arrays, log.progress(batches, "features"), model.cluster_head)
+    feats, probs = all_rows(feats, world), all_rows(probs, world)
+    if rank > 0:
+        return
     pred = probs.argmax(1).astype(np.int32)
     sizes = np.bincount(pred, minlength=args.k)
     save_model(os.path.join(args.out, "model.pt"), model, {**config, "k": args.k})

@@ -7,26 +7,33 @@ make the two views of a positive pair.  The representation r = [h_head ; h_tail]
 through the projector (z) and the predictor (p), and the loss is SimSiam's symmetric negative cosine
 with stop-gradient (model.URE.siamese):
     L = -( cos(p1, sg(z2)) + cos(p2, sg(z1)) ) / 2.
-No negative pairs: two instances of similar relations are never pushed apart.  Both views are run as
-one batch of 2B rows (each row draws its own dropout mask), which is cheaper than two passes of B.
+No negative pairs: two instances of similar relations are never pushed apart.  Both views are run
+together, each row with its own dropout mask, in length-sorted pieces of the random batch
+(model.encode_views), which is cheaper than two passes of the batch padded to its longest sentence.
 
 Reads the encoded data directory (encode.py).  Writes into --out:
     model.pt          encoder + projector + predictor state dict, with what rebuilds them offline
     features.npy      float32 [N, 2H]: eval-mode r of every instance
     checkpoint.pt     after each epoch: model, optimiser, scheduler, RNG, epoch (--resume goes on from it)
-    meta.json         arguments, per-epoch loss and collapse signal, timing; written last
+    meta.json         arguments, per-epoch loss, collapse signal and seconds, timing; written last
 Per epoch it logs the loss and SimSiam's collapse signal: the std of L2-normalised z per dimension,
 times sqrt(d); about 1 is healthy, near 0 is collapse (a warning is printed).
+
+Under `torchrun --nproc_per_node=N train_siamese.py ...` each rank encodes 1/N of every batch and the
+loss runs on the gathered batch (model.py, "Scale-out"): the same training as one process at the same
+--batch-size, except for the dropout masks; only rank 0 writes files.
 """
 import argparse
 import os
+import time
 
 import numpy as np
 import torch
 
 from data import DataError, Log, begin_stage, fail, fingerprint, length_batches, load_encoded, save_json, save_npy
-from model import (URE, bert_config, build_encoder, collapse_std, load_checkpoint, load_tokenizer,
-                   make_optimizer, represent, save_checkpoint, save_model, to_batch)
+from model import (URE, all_rows, bert_config, build_encoder, collapse_std, distributed, encode_views, gather,
+                   load_checkpoint, load_tokenizer, make_optimizer, represent, save_checkpoint, save_model,
+                   setup_distributed, shard)
 
 
 def main():
@@ -44,7 +51,8 @@ def main():
     ap.add_argument("--resume", action="store_true", help="go on from --out/checkpoint.pt")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args()
-    log = Log("siamese", args.quiet)
+    rank, world = setup_distributed()
+    log = Log("siamese", args.quiet or rank > 0)
     log("settings: " + " ".join(f"{k}={v}" for k, v in vars(args).items()))
     torch.manual_seed(args.seed)
 
@@ -59,7 +67,8 @@ def main():
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "resume", "data", "quiet")}
     run_id = fingerprint(data_meta["fingerprint"], settings)
 
-    begin_stage(args.out)
+    if rank == 0:
+        begin_stage(args.out)
     checkpoint, start, history = os.path.join(args.out, "checkpoint.pt"), 0, []
     if args.resume and os.path.exists(checkpoint):
         state = load_checkpoint(checkpoint, model, opt, sched)
@@ -68,30 +77,37 @@ def main():
         start, history = state["epoch"], state["history"]
         log(f"resumed after epoch {start} from {checkpoint}")
 
+    encoder = distributed(model.encoder, world)
     model.train()
     for epoch in range(start, args.epochs):
-        rng = np.random.default_rng([args.seed, epoch])
+        t0, rng = time.time(), np.random.default_rng([args.seed, epoch])
+        if world > 1:  # each rank its own dropout masks, from a stream that --resume can start again
+            torch.manual_seed(int(np.random.SeedSequence([args.seed, epoch, rank]).generate_state(1)[0]))
         losses, stds = [], []
         for b in log.progress(length_batches(arrays["lengths"], args.batch_size, rng), f"epoch {epoch + 1}"):
-            if len(b) < 2:  # BatchNorm needs two rows
+            if len(b) < max(2, world):  # BatchNorm needs two rows, and every rank one
                 continue
-            _, batch = to_batch(arrays, b)
-            r1, r2 = model.encoder(*(torch.cat([t, t]) for t in batch)).chunk(2)
-            loss, z = model.siamese(r1, r2)
+            r1, r2 = encode_views(encoder, arrays, shard(b, rank, world), views=2)
+            loss, z = model.siamese(gather(r1, len(b), world), gather(r2, len(b), world))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             losses.append(loss.item())
             stds.append(collapse_std(z))
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "z_std": float(np.mean(stds))})
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "z_std": float(np.mean(stds)),
+                        "seconds": round(time.time() - t0, 2)})
         log(f"epoch {epoch + 1}/{args.epochs}: loss {history[-1]['loss']:.4f}, "
             f"collapse signal std(z/|z|)*sqrt(d) {history[-1]['z_std']:.2f} (1 healthy, 0 collapsed)")
         if history[-1]["z_std"] < 0.3:
             log("WARNING: the projections are collapsing (see --dropout, --lr, --head-lr)")
-        save_checkpoint(checkpoint, model, opt, sched, epoch + 1, run_id=run_id, history=history)
+        if rank == 0:
+            save_checkpoint(checkpoint, model, opt, sched, epoch + 1, run_id=run_id, history=history)
 
-    feats, _ = represent(model.encoder, arrays, log.progress(length_batches(arrays["lengths"], 64), "features"))
+    batches = length_batches(arrays["lengths"], 64)[rank::world]  # each rank a share, then all rows
+    feats = all_rows(represent(model.encoder, arrays, log.progress(batches, "features"))[0], world)
+    if rank > 0:
+        return
     config = {"bert": bert_config(bert), "proj_dim": args.proj_dim, "pred_dim": args.pred_dim,
               "dropout": args.dropout}
     save_model(os.path.join(args.out, "model.pt"), model, config)
