@@ -305,9 +305,12 @@ def save_checkpoint(path, model, opt, sched, epoch, **extra):
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path, model, opt, sched):
-    """Restore a checkpoint into model, optimiser and scheduler; returns it (epoch and extras)."""
+def load_checkpoint(path, model, opt, sched, run_id):
+    """Restore a checkpoint into model, optimiser and scheduler; returns it (epoch and extras).
+    `run_id`, the fingerprint of the data and settings, must be the one the checkpoint was made with."""
     state = safe_load(path, "checkpoint")
+    if state["run_id"] != run_id:
+        raise DataError(f"{path}: comes from other data or other settings; rerun without --resume")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])

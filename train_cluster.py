@@ -31,7 +31,7 @@ import time
 import numpy as np
 import torch
 
-from data import (DataError, Log, begin_stage, fail, fingerprint, length_batches, load_encoded, load_json, load_meta,
+from data import (DataError, Log, begin_stage, check_source, fail, fingerprint, length_batches, load_encoded, load_json, load_meta,
                   load_npy, save_json, save_npy)
 from mine_neighbors import mine
 from model import (URE, all_rows, distributed, encode_views, gather, load_checkpoint, load_model, make_optimizer,
@@ -63,8 +63,7 @@ def main():
     arrays, data_meta = load_encoded(args.data)
     n = data_meta["n_instances"]
     init_meta = load_meta(args.init, ("siamese",))
-    if init_meta.get("data_fingerprint") != data_meta["fingerprint"]:
-        raise DataError(f"{args.init}: was trained on other data than {args.data} (fingerprints differ)")
+    check_source(init_meta, data_meta, args.init)
     mined = load_json(os.path.join(args.init, "neighbors.json"))
     if mined["features_fingerprint"] != init_meta["fingerprint"]:
         raise DataError(f"{args.init}/neighbors.npy: mined from other features; run mine_neighbors.py again")
@@ -87,9 +86,7 @@ def main():
         begin_stage(args.out)
     checkpoint, start, history = os.path.join(args.out, "checkpoint.pt"), 0, []
     if args.resume and os.path.exists(checkpoint):
-        state = load_checkpoint(checkpoint, model, opt, sched)
-        if state["run_id"] != run_id:
-            raise DataError(f"{checkpoint}: comes from other data or other settings; rerun without --resume")
+        state = load_checkpoint(checkpoint, model, opt, sched, run_id)
         start, history, neighbors = state["epoch"], state["history"], state["neighbors"].numpy()
         log(f"resumed after epoch {start} from {checkpoint}")
 

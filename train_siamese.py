@@ -71,9 +71,7 @@ def main():
         begin_stage(args.out)
     checkpoint, start, history = os.path.join(args.out, "checkpoint.pt"), 0, []
     if args.resume and os.path.exists(checkpoint):
-        state = load_checkpoint(checkpoint, model, opt, sched)
-        if state["run_id"] != run_id:
-            raise DataError(f"{checkpoint}: comes from other data or other settings; rerun without --resume")
+        state = load_checkpoint(checkpoint, model, opt, sched, run_id)
         start, history = state["epoch"], state["history"]
         log(f"resumed after epoch {start} from {checkpoint}")
 

@@ -381,7 +381,7 @@ def test_checkpoint_roundtrip_resumes_exactly(tmp_path):
     m2.train()
     opt2, sched2 = M.make_optimizer(m2, 1e-3, 1e-2, steps=100)
     assert not torch.equal(m2.projector[0].weight, saved_params["projector.0.weight"])
-    state = M.load_checkpoint(path, m2, opt2, sched2)
+    state = M.load_checkpoint(path, m2, opt2, sched2, "abc")
     assert state["epoch"] == 4 and state["run_id"] == "abc" and state["history"] == [{"epoch": 1, "loss": 0.5}]
     assert torch.equal(torch.rand(5), after_save)  # torch RNG restored
     sd2 = m2.state_dict()
@@ -409,10 +409,12 @@ def test_checkpoint_saved_after_warmup_loads(tmp_path):
     for _ in range(4):
         _train_step(m, opt, sched, batch)
     path = str(tmp_path / "checkpoint.pt")
-    M.save_checkpoint(path, m, opt, sched, 1)
+    M.save_checkpoint(path, m, opt, sched, 1, run_id="r")
     m2 = tiny_ure(seed=9)
     opt2, sched2 = M.make_optimizer(m2, 1e-3, 1e-2, steps=10)
-    M.load_checkpoint(path, m2, opt2, sched2)
+    M.load_checkpoint(path, m2, opt2, sched2, "r")
+    with pytest.raises(DataError, match="other data or other settings"):
+        M.load_checkpoint(path, m2, opt2, sched2, "another run")
     assert sched2.last_epoch == 4 and sched2.get_last_lr() == pytest.approx(sched.get_last_lr())
     assert torch.equal(m2.projector[0].weight, m.projector[0].weight)
 
@@ -423,7 +425,7 @@ def test_load_checkpoint_unreadable(tmp_path):
     m = tiny_ure()
     opt, sched = M.make_optimizer(m, 1e-3, 1e-2, steps=10)
     with pytest.raises(DataError, match="not a readable checkpoint"):
-        M.load_checkpoint(str(bad), m, opt, sched)
+        M.load_checkpoint(str(bad), m, opt, sched, "r")
 
 
 # ---- optimiser and schedule ---------------------------------------------------------------------
