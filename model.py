@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from data import DataError, atomic_write
+from data import DataError, atomic_write, length_batches
 
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
@@ -369,6 +369,13 @@ def gather(x, n, world):
     x = F.pad(x, (0, 0, 0, sizes[0] - x.shape[0]))  # one shape on every rank: pad to the largest shard
     parts = all_gather_single(x, 0, torch.distributed.group.WORLD).chunk(world)
     return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
+
+def represent_all(encoder, arrays, progress, rank, world, head=None):
+    """`represent` of every instance: each rank computes every world-th length-sorted batch (wrapped in
+    `progress`), and every rank ends with all the rows."""
+    feats, probs = represent(encoder, arrays, progress(length_batches(arrays["lengths"], 64)[rank::world]), head)
+    return all_rows(feats, world), (None if probs is None else all_rows(probs, world))
 
 
 def all_rows(a, world):

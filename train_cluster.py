@@ -34,8 +34,8 @@ import torch
 from data import (DataError, Log, begin_stage, check_source, fail, fingerprint, length_batches, load_encoded, load_json, load_meta,
                   load_npy, save_json, save_npy)
 from mine_neighbors import mine
-from model import (URE, all_rows, distributed, encode_views, gather, load_checkpoint, load_model, make_optimizer,
-                   represent, save_checkpoint, save_model, scan_loss, setup_distributed, shard)
+from model import (URE, distributed, encode_views, gather, load_checkpoint, load_model, make_optimizer,
+                   represent_all, save_checkpoint, save_model, scan_loss, setup_distributed, shard)
 
 
 def main():
@@ -114,9 +114,9 @@ def main():
             sched.step()
             sums += [loss.item(), siam.item(), consistency.item(), entropy.item()]
             steps += 1
-        if args.remine_every and (epoch + 1) % args.remine_every == 0 and epoch + 1 < args.epochs:
-            batches = length_batches(arrays["lengths"], 64)[rank::world]  # each rank a share, then all rows
-            feats = all_rows(represent(model.encoder, arrays, log.progress(batches, "re-mining"))[0], world)
+        remine = args.remine_every and (epoch + 1) % args.remine_every == 0 and epoch + 1 < args.epochs
+        if remine:
+            feats, _ = represent_all(model.encoder, arrays, lambda b: log.progress(b, "re-mining"), rank, world)
             neighbors, _ = mine(feats, neighbors.shape[1])  # on every rank: the same features, the same result
             model.train()
         history.append(dict(zip(("loss", "siamese", "consistency", "entropy"), (sums / max(steps, 1)).tolist()),
@@ -124,15 +124,13 @@ def main():
         h = history[-1]
         log(f"epoch {epoch + 1}/{args.epochs}: loss {h['loss']:.4f} (Siamese {h['siamese']:.4f}, consistency "
             f"{h['consistency']:.4f}, entropy {h['entropy']:.3f} of at most {np.log(args.k):.3f})"
-            + (", neighbours re-mined" if args.remine_every and (epoch + 1) % args.remine_every == 0
-               and epoch + 1 < args.epochs else ""))
+            + (", neighbours re-mined" if remine else ""))
         if rank == 0:
             save_checkpoint(checkpoint, model, opt, sched, epoch + 1, run_id=run_id, history=history,
                             neighbors=torch.from_numpy(neighbors))
 
-    batches = length_batches(arrays["lengths"], 64)[rank::world]  # each rank a share, then all rows
-    feats, probs = represent(model.encoder, arrays, log.progress(batches, "features"), model.cluster_head)
-    feats, probs = all_rows(feats, world), all_rows(probs, world)
+    feats, probs = represent_all(model.encoder, arrays, lambda b: log.progress(b, "features"), rank, world,
+                                 model.cluster_head)
     if rank > 0:
         return
     pred = probs.argmax(1).astype(np.int32)

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from data import DataError, Log, begin_stage, fail, fingerprint, length_batches, load_encoded, save_json, save_npy
-from model import (URE, all_rows, bert_config, build_encoder, collapse_std, distributed, encode_views, gather,
-                   load_checkpoint, load_tokenizer, make_optimizer, represent, save_checkpoint, save_model,
+from model import (URE, bert_config, build_encoder, collapse_std, distributed, encode_views, gather,
+                   load_checkpoint, load_tokenizer, make_optimizer, represent_all, save_checkpoint, save_model,
                    setup_distributed, shard)
 
 
@@ -102,8 +102,7 @@ def main():
         if rank == 0:
             save_checkpoint(checkpoint, model, opt, sched, epoch + 1, run_id=run_id, history=history)
 
-    batches = length_batches(arrays["lengths"], 64)[rank::world]  # each rank a share, then all rows
-    feats = all_rows(represent(model.encoder, arrays, log.progress(batches, "features"))[0], world)
+    feats, _ = represent_all(model.encoder, arrays, lambda b: log.progress(b, "features"), rank, world)
     if rank > 0:
         return
     config = {"bert": bert_config(bert), "proj_dim": args.proj_dim, "pred_dim": args.pred_dim,
