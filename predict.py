@@ -21,7 +21,7 @@ import numpy as np
 
 from data import (DataError, Log, begin_stage, check_source, fail, fingerprint, length_batches, load_encoded,
                   load_meta, save_json, save_npy)
-from model import load_model, represent
+from model import device, load_model, represent
 
 
 def main():
@@ -45,6 +45,7 @@ def main():
         raise DataError(f"{args.data}: encoded with another tokenizer than the model's training data; "
                         f"encode it with --tokenizer-from {trained['data']}")
     model, config = load_model(os.path.join(args.model, "model.pt"))
+    model.to(device())
     log(f"read {data_meta['n_instances']} encoded instances from {args.data} and the {trained['stage']} "
         f"model from {args.model}")
 

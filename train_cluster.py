@@ -34,8 +34,8 @@ import torch
 from data import (DataError, Log, begin_stage, check_source, fail, fingerprint, length_batches, load_encoded, load_json, load_meta,
                   load_npy, save_json, save_npy)
 from mine_neighbors import mine
-from model import (URE, distributed, encode_views, gather, load_checkpoint, load_model, make_optimizer,
-                   represent_all, save_checkpoint, save_model, scan_loss, setup_distributed, shard)
+from model import (URE, device, distributed, encode_views, gather, load_checkpoint, load_model, make_optimizer,
+                   represent_all, save_checkpoint, save_model, scan_loss, setup_distributed, shard, train_top)
 
 
 def main():
@@ -51,6 +51,8 @@ def main():
     ap.add_argument("--entropy-weight", type=float, default=2.0, help="lambda of the entropy term")
     ap.add_argument("--siamese-weight", type=float, default=1.0, help="weight of the Siamese loss")
     ap.add_argument("--remine-every", type=int, default=1, help="epochs between neighbour re-mining (0: never)")
+    ap.add_argument("--train-layers", type=int, default=2,
+                    help="train only this many top layers of the encoder (0: all, embeddings too)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="go on from --out/checkpoint.pt")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -71,9 +73,11 @@ def main():
     log(f"read {n} encoded instances from {args.data}, model and {neighbors.shape[1]} neighbours each from {args.init}")
 
     siamese, config = load_model(os.path.join(args.init, "model.pt"))
-    model = URE(siamese.encoder.bert, config["proj_dim"], config["pred_dim"], args.k)
+    model = URE(siamese.encoder.bert, config["proj_dim"], config["pred_dim"], args.k, pooling=config["pooling"])
     model.projector.load_state_dict(siamese.projector.state_dict())
     model.predictor.load_state_dict(siamese.predictor.state_dict())
+    model.to(device())
+    train_top(model.encoder, args.train_layers)
     init = model.cluster_head.init_from(load_npy(os.path.join(args.init, "features.npy"), n), args.seed)
     log(f"cluster prototypes start at the k-means centroids of the Siamese features "
         f"(sizes {sorted(np.bincount(init.numpy(), minlength=args.k).tolist(), reverse=True)})")

@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from data import DataError, Log, begin_stage, fail, fingerprint, length_batches, load_encoded, save_json, save_npy
-from model import (URE, bert_config, build_encoder, collapse_std, distributed, encode_views, gather,
+from model import (URE, bert_config, build_encoder, collapse_std, device, distributed, encode_views, gather,
                    load_checkpoint, load_tokenizer, make_optimizer, represent_all, save_checkpoint, save_model,
-                   setup_distributed, shard)
+                   setup_distributed, shard, train_top)
 
 
 def main():
@@ -47,6 +47,8 @@ def main():
     ap.add_argument("--dropout", type=float, default=0.1, help="dropout that makes the positive pair (paper: 0.01-0.5)")
     ap.add_argument("--proj-dim", type=int, default=768, help="projector output size")
     ap.add_argument("--pred-dim", type=int, default=192, help="predictor bottleneck size")
+    ap.add_argument("--train-layers", type=int, default=2,
+                    help="train only this many top layers of the encoder (0: all, embeddings too)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="go on from --out/checkpoint.pt")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -61,7 +63,8 @@ def main():
     log(f"read {n} encoded instances from {args.data}")
     tokenizer = load_tokenizer(os.path.join(args.data, "tokenizer"))
     bert = build_encoder(data_meta["model"], tokenizer, args.dropout)
-    model = URE(bert, args.proj_dim, args.pred_dim)
+    model = URE(bert, args.proj_dim, args.pred_dim, pooling=data_meta["pooling"]).to(device())
+    train_top(model.encoder, args.train_layers)
     batches_per_epoch = len(length_batches(arrays["lengths"], args.batch_size))
     opt, sched = make_optimizer(model, args.lr, args.head_lr, args.epochs * batches_per_epoch)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "resume", "data", "quiet")}
@@ -106,6 +109,7 @@ def main():
     if rank > 0:
         return
     config = {"bert": bert_config(bert), "proj_dim": args.proj_dim, "pred_dim": args.pred_dim,
+              "pooling": data_meta["pooling"],
               "dropout": args.dropout}
     save_model(os.path.join(args.out, "model.pt"), model, config)
     save_npy(os.path.join(args.out, "features.npy"), feats)

@@ -384,17 +384,19 @@ def test_mark_keeps_the_words():
 
 def test_encode_short_sentence_exact():
     x = inst(["Barack", "Obama", "was", "born", "in", "Honolulu", "."], (0, 1), (5, 5))
-    ids, h, t = encode_instance(x, PIECES, MARKER_IDS, CLS, SEP, 128)
+    ids, h, t, he, te = encode_instance(x, PIECES, MARKER_IDS, CLS, SEP, 128)
     marked = ["<h:PERSON>", "Barack", "Obama", "</h:PERSON>", "was", "born", "in", "<t:CITY>", "Honolulu",
               "</t:CITY>", "."]
     assert ids == [CLS] + ids_of(marked) + [SEP]
     assert ids[h] == MARKER_IDS["<h:PERSON>"] and ids[t] == MARKER_IDS["<t:CITY>"]
     assert h == 1 and t == 1 + len(ids_of(marked[:7]))
+    assert ids[he] == MARKER_IDS["</h:PERSON>"] and ids[te] == MARKER_IDS["</t:CITY>"]
+    assert ids[h + 1:he] == ids_of(["Barack", "Obama"]) and ids[t + 1:te] == ids_of(["Honolulu"])
 
 
 def test_encode_tail_first_and_untyped():
     x = inst(["London", "is", "where", "Ada", "Lovelace", "was", "born"], (3, 4), (0, 0), None, None)
-    ids, h, t = encode_instance(x, PIECES, MARKER_IDS, CLS, SEP, 64)
+    ids, h, t, he, te = encode_instance(x, PIECES, MARKER_IDS, CLS, SEP, 64)
     marked = ["<t>", "London", "</t>", "is", "where", "<h>", "Ada", "Lovelace", "</h>", "was", "born"]
     assert ids == [CLS] + ids_of(marked) + [SEP]
     assert t == 1 and ids[h] == MARKER_IDS["<h>"] and h == 1 + len(ids_of(marked[:5]))
@@ -404,25 +406,27 @@ def test_encode_tail_first_and_untyped():
 def test_encode_adjacent_spans(head, tail):
     tokens = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
     x = inst(tokens, head, tail)
-    ids, h, t = encode_instance(x, PIECES, MARKER_IDS, CLS, SEP, 128)
+    ids, h, t, he, te = encode_instance(x, PIECES, MARKER_IDS, CLS, SEP, 128)
     words, wh, wt = mark(x)
     assert ids == [CLS] + ids_of(words) + [SEP]
     assert ids[h] == MARKER_IDS["<h:PERSON>"] and ids[t] == MARKER_IDS["<t:CITY>"]
     assert h == 1 + len(ids_of(words[:wh])) and t == 1 + len(ids_of(words[:wt]))
+    assert ids[he] == MARKER_IDS["</h:PERSON>"] and ids[te] == MARKER_IDS["</t:CITY>"]
+    assert ids[h + 1:he] == ids_of(tokens[head[0]:head[1] + 1]) and ids[t + 1:te] == ids_of(tokens[tail[0]:tail[1] + 1])
 
 
 def test_encode_unknown_type_uses_untyped_ids():
     x = inst(["Acme", "hired", "Bob"], (0, 0), (2, 2), "ORG", "PERSON")
-    ids, h, t = encode_instance(x, PIECES, MARKER_IDS, CLS, SEP, 32)
+    ids, h, t, he, te = encode_instance(x, PIECES, MARKER_IDS, CLS, SEP, 32)
     assert ids[h] == MARKER_IDS["<h>"] and ids[t] == MARKER_IDS["<t:PERSON>"]
     assert ids == [CLS] + ids_of(["<h>", "Acme", "</h>", "hired", "<t:PERSON>", "Bob", "</t:PERSON>"]) + [SEP]
 
 
 def check_window(x, max_length):
     """Properties of a truncated encoding: returns (ids, head, tail)."""
-    full, fh, ft = encode_instance(x, PIECES, MARKER_IDS, CLS, SEP, 10 ** 6)
+    full, fh, ft, *_ = encode_instance(x, PIECES, MARKER_IDS, CLS, SEP, 10 ** 6)
     assert len(full) > max_length  # the case under test really truncates
-    ids, h, t = encode_instance(x, PIECES, MARKER_IDS, CLS, SEP, max_length)
+    ids, h, t, he, te = encode_instance(x, PIECES, MARKER_IDS, CLS, SEP, max_length)
     assert len(ids) == max_length
     assert ids[0] == CLS and ids[-1] == SEP
     assert CLS not in ids[1:-1] and SEP not in ids[1:-1]
@@ -433,6 +437,7 @@ def check_window(x, max_length):
     for pos, span, o, c in ((h, x.head, "<h:PERSON>", "</h:PERSON>"), (t, x.tail, "<t:CITY>", "</t:CITY>")):
         entity = ids_of([o] + x.tokens[span[0]:span[1] + 1] + [c])
         assert ids[pos:pos + len(entity)] == entity  # start marker, every piece, closing marker: all inside
+        assert (he if pos == h else te) == pos + len(entity) - 1  # the closing marker's position
         assert pos + len(entity) <= max_length - 1
     # centred: the context kept on either side of the two entities differs by at most one token,
     # unless the window is pushed against an end of the sentence
@@ -492,7 +497,7 @@ def test_encode_returns_none_when_entities_do_not_fit():
     x = inst(LONG[:40], (0, 0), (10, 10))
     # <h> w0 </h> w1..w9 <t> w10 </t> = 15 tokens, plus [CLS] [SEP]
     assert encode_instance(x, one, MARKER_IDS, CLS, SEP, 16) is None
-    ids, h, t = encode_instance(x, one, MARKER_IDS, CLS, SEP, 17)
+    ids, h, t, he, te = encode_instance(x, one, MARKER_IDS, CLS, SEP, 17)
     assert len(ids) == 17 and (h, t) == (1, 13)
     assert ids[1:-1] == ids_of(["<h:PERSON>"]) + [1000] + ids_of(["</h:PERSON>"]) + \
         [1000 + i for i in range(1, 10)] + ids_of(["<t:CITY>"]) + [1010] + ids_of(["</t:CITY>"])

@@ -129,7 +129,8 @@ n, width = 7, 10                       # 7 rows: shards of 4 and 3
 rng = np.random.default_rng(0)
 lengths = rng.integers(6, width + 1, n)
 arrays = {"input_ids": rng.integers(5, 50, (n, width)) * (np.arange(width) < lengths[:, None]),
-          "lengths": lengths, "head_pos": np.full(n, 1), "tail_pos": np.full(n, 3)}
+          "lengths": lengths, "head_pos": np.full(n, 1), "tail_pos": np.full(n, 3), "head_end": np.full(n, 2),
+          "tail_end": np.full(n, 4)}
 
 def loss_of(r1, r2, neighbour):        # a Siamese and a SCAN loss on the whole batch
     return model.siamese(r1, r2)[0] + scan_loss(model.cluster_head(r1), model.cluster_head(neighbour), 2.0)[0]

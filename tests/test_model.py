@@ -43,8 +43,8 @@ def random_batch(b=8, length=12, seed=1):
     mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
     ids = ids * mask  # pad id 0 beyond the length
     head = torch.randint(1, length // 4, (b,), generator=g)
-    tail = head + 2
-    return ids, mask, head, tail
+    tail = head + 3
+    return ids, mask, head, tail, head + 2, tail + 2  # each entity: one subword between its markers
 
 
 def blobs(n_per=40, k=3, d=5, spread=0.1, seed=0, scale=10.0):
@@ -62,12 +62,28 @@ def blobs(n_per=40, k=3, d=5, spread=0.1, seed=0, scale=10.0):
 def test_relation_encoder_concatenates_marker_states():
     m = tiny_ure()
     m.eval()
-    ids, mask, head, tail = random_batch()
-    r = m.encoder(ids, mask, head, tail)
+    ids, mask, head, tail, head_end, tail_end = random_batch()
+    r = m.encoder(ids, mask, head, tail, head_end, tail_end)
     assert r.shape == (8, 64) and m.encoder.dim == 64
     h = m.encoder.bert(input_ids=ids, attention_mask=mask).last_hidden_state
     for i in range(8):
         assert torch.allclose(r[i, :32], h[i, head[i]]) and torch.allclose(r[i, 32:], h[i, tail[i]])
+
+
+def test_relation_encoder_span_pooling_is_the_mean_between_the_markers():
+    m = tiny_ure()
+    m.encoder.pooling = "spans"
+    m.eval()
+    ids, mask, head, tail, _, _ = random_batch()
+    head_end, tail_end = head + 3, tail + torch.tensor([2, 3, 4, 5, 6, 7, 2, 3])  # spans of 2 and of 1..6 subwords
+    mask[:] = 1
+    r = m.encoder(ids, mask, head, tail, head_end, tail_end)
+    h = m.encoder.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+    for i in range(8):
+        assert torch.allclose(r[i, :32], h[i, head[i] + 1:head_end[i]].mean(0), atol=1e-6)
+        assert torch.allclose(r[i, 32:], h[i, tail[i] + 1:tail_end[i]].mean(0), atol=1e-6)
+    with pytest.raises(M.DataError, match="pooling 'cls'"):
+        M.RelationEncoder(m.encoder.bert, "cls")
 
 
 def test_dropout_makes_two_views_in_training_only():
@@ -291,21 +307,24 @@ def encoded_arrays(n=10, width=16, seed=0):
     for i, l in enumerate(lengths):
         ids[i, :l] = rng.integers(5, 50, size=l)
     head = rng.integers(1, 3, size=n).astype(np.int32)
-    tail = (head + rng.integers(1, 3, size=n)).astype(np.int32)
-    return {"input_ids": ids, "lengths": lengths, "head_pos": head, "tail_pos": tail}
+    tail = (head + rng.integers(2, 4, size=n)).astype(np.int32)
+    return {"input_ids": ids, "lengths": lengths, "head_pos": head, "tail_pos": tail,
+            "head_end": head + 2, "tail_end": tail + 2}
 
 
 def test_to_batch():
     arrays = encoded_arrays()
     arrays["lengths"][:4] = [3, 7, 5, 2]
     idx = np.array([2, 0, 3])
-    out_idx, (ids, mask, head, tail) = M.to_batch(arrays, idx)
+    out_idx, (ids, mask, head, tail, head_end, tail_end) = M.to_batch(arrays, idx)
     assert out_idx is idx
     assert ids.dtype == torch.int64 and ids.shape == (3, 5)  # cut to the longest of the three
     assert torch.equal(ids, torch.from_numpy(arrays["input_ids"][[2, 0, 3], :5].astype(np.int64)))
     assert mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]]
     assert head.tolist() == arrays["head_pos"][[2, 0, 3]].tolist()
     assert tail.tolist() == arrays["tail_pos"][[2, 0, 3]].tolist()
+    assert head_end.tolist() == arrays["head_end"][[2, 0, 3]].tolist()
+    assert tail_end.tolist() == arrays["tail_end"][[2, 0, 3]].tolist()
 
 
 def test_represent_independent_of_batching_and_restores_mode():
@@ -332,7 +351,7 @@ def test_save_and_load_model(tmp_path):
     m = tiny_ure(k=3)
     with torch.no_grad():
         m.cluster_head.weight.mul_(2.0)
-    config = {"bert": M.bert_config(m.encoder.bert), "proj_dim": 32, "pred_dim": 8, "k": 3}
+    config = {"bert": M.bert_config(m.encoder.bert), "proj_dim": 32, "pred_dim": 8, "k": 3, "pooling": "markers"}
     path = str(tmp_path / "model.pt")
     M.save_model(path, m, config)
     torch.load(path, weights_only=True)
