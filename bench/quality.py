@@ -53,7 +53,8 @@ def split(path, out_dir, seed):
 def run(cmd, times, label):
     t = time.time()
     print("$", " ".join(cmd), flush=True)
-    subprocess.run([sys.executable] + cmd + ["--quiet"], cwd=ROOT, check=True)
+    quiet = ["--quiet"] if label != "mine_neighbors" else []  # the stages with progress bars
+    subprocess.run([sys.executable] + cmd + quiet, cwd=ROOT, check=True)
     times[label] = times.get(label, 0) + round(time.time() - t, 1)
 
 

@@ -449,6 +449,24 @@ def test_load_checkpoint_unreadable(tmp_path):
 
 # ---- optimiser and schedule ---------------------------------------------------------------------
 
+def test_train_top_trains_only_the_top_layers():
+    m = tiny_ure()
+    M.train_top(m.encoder, 1)  # the tiny encoder has 2 layers: only layer 1 (and the heads) learn
+    before = copy.deepcopy(m.state_dict())
+    opt, _ = M.make_optimizer(m, 1e-2, 1e-2, steps=10)
+    m.train()
+    r1, r2 = m.encoder(*random_batch()), m.encoder(*random_batch())
+    m.siamese(r1, r2)[0].backward()
+    opt.step()
+    changed = {k for k, v in m.state_dict().items() if not torch.equal(v, before[k])}
+    assert not any(k.startswith(("encoder.bert.embeddings.", "encoder.bert.encoder.layer.0.")) for k in changed)
+    assert any(k.startswith("encoder.bert.encoder.layer.1.") for k in changed)
+    assert any(k.startswith("projector.") for k in changed)
+    M.train_top(tiny_ure().encoder, 0)  # 0: everything, and no error
+    with pytest.raises(M.DataError, match="--train-layers 3: the encoder has 2 layers"):
+        M.train_top(tiny_ure().encoder, 3)
+
+
 def test_make_optimizer_groups_and_schedule():
     m = tiny_ure(k=4)
     steps, lr, head_lr = 100, 1e-3, 1e-2

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 import data
 from metrics import score
@@ -86,10 +87,12 @@ def check_encoded(d, records, tok=None, max_length=128, features=False, check_te
 
     ids, lengths = load(d, "input_ids.npy"), load(d, "lengths.npy")
     head, tail, index = load(d, "head_pos.npy"), load(d, "tail_pos.npy"), load(d, "index.npy")
+    head_end, tail_end = load(d, "head_end.npy"), load(d, "tail_end.npy")
     assert ids.dtype == np.int32 and ids.ndim == 2 and ids.shape[0] == n
     T = ids.shape[1]
     assert T == meta["width"] <= max_length
-    for name, a in (("lengths", lengths), ("head_pos", head), ("tail_pos", tail), ("index", index)):
+    for name, a in (("lengths", lengths), ("head_pos", head), ("tail_pos", tail), ("head_end", head_end),
+                    ("tail_end", tail_end), ("index", index)):
         assert a.dtype == np.int32 and a.shape == (n,), name
     assert (lengths <= T).all() and lengths.max() == T and (lengths <= max_length).all()
     assert ((head >= 1) & (head < lengths - 1)).all() and ((tail >= 1) & (tail < lengths - 1)).all()
@@ -114,6 +117,7 @@ def check_encoded(d, records, tok=None, max_length=128, features=False, check_te
             assert toks.count(m) == 1, (r, m, toks)
         hc, tc = toks.index(h_close), toks.index(t_close)
         assert head[r] < hc and tail[r] < tc
+        assert (head_end[r], tail_end[r]) == (hc, tc), (r, toks)
         if check_text:  # the pieces between the markers are the entity's words
             for (s, e), (a, b) in (((rec["subj_start"], rec["subj_end"]), (head[r], hc)),
                                    ((rec["obj_start"], rec["obj_end"]), (tail[r], tc))):
@@ -170,6 +174,7 @@ def test_encode_train(pipe):
     meta = check_encoded(pipe.train, pipe.train_records, features=True)
     assert meta["n_instances"] == len(pipe.train_records) == 120  # every short embedded sentence fits
     assert meta["model"] == str(pipe.model)
+    assert meta["pooling"] == "markers"  # typed data: the typed start markers
     types = {(r["subj_type"], r["obj_type"]) for r in pipe.train_records}
     assert meta["markers"] == sorted(set(data.markers(None, None)).union(
         *(data.markers(h, t) for h, t in types)))
@@ -180,12 +185,28 @@ def test_encode_test_with_tokenizer_from(pipe):
     train_meta, test_meta = read_json(pipe.train / "meta.json"), read_json(pipe.test / "meta.json")
     check_encoded(pipe.test, pipe.test_records, features=True)
     assert test_meta["markers"] == train_meta["markers"] and test_meta["model"] == train_meta["model"]
+    assert test_meta["pooling"] == train_meta["pooling"]
     markers = train_meta["markers"]
     tr, te = tokenizer_of(pipe.train), tokenizer_of(pipe.test)
     assert tr.convert_tokens_to_ids(markers) == te.convert_tokens_to_ids(markers)
     assert len(tr) == len(te)
     # and the test arrays read the same with the training run's tokenizer
     check_encoded(pipe.test, pipe.test_records, tok=tr, features=True)
+
+
+def test_encode_pooling_untyped_data_pools_entity_spans(pipe, tmp_path):
+    records = [{k: v for k, v in r.items() if k not in ("subj_type", "obj_type")} for r in pipe.train_records[:30]]
+    src = tmp_path / "untyped.json"
+    src.write_text(json.dumps(records), encoding="utf-8")
+    run("encode.py", src, "--out", tmp_path / "spans", "--model", pipe.model, "--features")
+    run("encode.py", src, "--out", tmp_path / "markers", "--model", pipe.model, "--features", "--pooling", "markers")
+    spans, markers = check_encoded(tmp_path / "spans", records, features=True), \
+        check_encoded(tmp_path / "markers", records, features=True)
+    assert (spans["pooling"], markers["pooling"]) == ("spans", "markers")
+    assert not np.allclose(load(tmp_path / "spans", "features.npy"), load(tmp_path / "markers", "features.npy"))
+    p = run("encode.py", src, "--out", tmp_path / "x", "--tokenizer-from", pipe.train, "--pooling", "spans", ok=False)
+    assert p.stderr.strip() == (f"error: --pooling and --tokenizer-from: the pooling is the one {pipe.train} "
+                                f"was encoded with")
 
 
 def test_encode_max_length_truncates_around_entities(pipe, tmp_path):
@@ -276,6 +297,16 @@ def test_train_cluster_outputs(pipe):
     assert meta["cluster_sizes"] == np.bincount(pred, minlength=K).tolist()
     assert [h["epoch"] for h in meta["history"]] == [1, 2]
     assert "re-mined" in pipe.logs["cluster"].stdout  # with 2 epochs the neighbours are mined again
+
+
+def test_training_leaves_embeddings_alone(pipe):
+    """--train-layers 2 (the default) trains both layers of the tiny encoder, but not its embeddings."""
+    siamese = torch.load(pipe.siamese / "model.pt", weights_only=True)["state"]
+    cluster = torch.load(pipe.cluster / "model.pt", weights_only=True)["state"]
+    emb = "encoder.bert.embeddings.word_embeddings.weight"
+    assert torch.equal(siamese[emb], cluster[emb])
+    top = "encoder.bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(siamese[top], cluster[top])
 
 
 def test_train_cluster_repeatable(pipe, tmp_path):
