@@ -258,7 +258,8 @@ def encode_views(encoder, arrays, idx, views=1, piece=8):
     own dropout mask: [views, len(idx), 2H].  The rows of a random training batch go through the
     encoder in length-sorted pieces of `piece` instances, so a short sentence is not padded to the
     longest of the batch (half of a random batch's tokens would be padding); the batch itself, which
-    BatchNorm and the entropy term see, stays random, and r of a row does not depend on its piece."""
+    BatchNorm and the entropy term see, stays random, and r of a row does not depend on its piece.
+    On a GPU, where padding costs nothing and small kernels do, the batch goes through in one piece."""
     order = np.argsort(arrays["lengths"][idx], kind="stable")
     dev = next(encoder.parameters()).device
     piece = len(idx) if dev.type == "cuda" else piece  # a GPU pads for free and wants large kernels

@@ -5,8 +5,9 @@
 #   bash run_all.sh --train T.json --test E.json --model bert-base-uncased --k 10 --out runs/mine
 #
 # Every setting is a flag or an environment variable of the same name in capitals (TRAIN, TEST, MODEL,
-# K, SIAMESE_EPOCHS, CLUSTER_EPOCHS, MAX_LENGTH, SEED, OUT, PYTHON, QUIET).  Each stage prints what it read
-# and wrote; the last lines are the table that compares the method with the reference points.
+# K, SIAMESE_EPOCHS, CLUSTER_EPOCHS, TRAIN_LAYERS, MAX_LENGTH, SEED, OUT, PYTHON, QUIET).  Each stage
+# prints what it read and wrote; the last lines are the table that compares the method with the
+# reference points.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -16,6 +17,7 @@ MODEL=${MODEL:-}                  # empty: the packaged all-MiniLM-L6-v2
 K=${K:-10}
 SIAMESE_EPOCHS=${SIAMESE_EPOCHS:-3}
 CLUSTER_EPOCHS=${CLUSTER_EPOCHS:-3}
+TRAIN_LAYERS=${TRAIN_LAYERS:-2}   # top encoder layers trained; 0: all (README, "Choices")
 MAX_LENGTH=${MAX_LENGTH:-128}
 SEED=${SEED:-0}
 OUT=${OUT:-runs/default}
@@ -30,6 +32,7 @@ while [ $# -gt 0 ]; do
     --k) K=$2 ;;
     --siamese-epochs) SIAMESE_EPOCHS=$2 ;;
     --cluster-epochs) CLUSTER_EPOCHS=$2 ;;
+    --train-layers) TRAIN_LAYERS=$2 ;;
     --max-length) MAX_LENGTH=$2 ;;
     --seed) SEED=$2 ;;
     --out) OUT=$2 ;;
@@ -42,18 +45,19 @@ done
 Q=${QUIET:+--quiet}
 start=$(date +%s)
 echo "run_all: train=$TRAIN test=$TEST model=${MODEL:-packaged all-MiniLM-L6-v2} k=$K" \
-     "siamese_epochs=$SIAMESE_EPOCHS cluster_epochs=$CLUSTER_EPOCHS max_length=$MAX_LENGTH seed=$SEED out=$OUT"
+     "siamese_epochs=$SIAMESE_EPOCHS cluster_epochs=$CLUSTER_EPOCHS train_layers=$TRAIN_LAYERS max_length=$MAX_LENGTH seed=$SEED out=$OUT"
 
 # 1. encode: markers, tokens, positions (and the frozen encoder's features, a reference point)
 $PYTHON encode.py "$TRAIN" --out "$OUT/train" --max-length "$MAX_LENGTH" --features ${MODEL:+--model "$MODEL"} $Q
 $PYTHON encode.py "$TEST" --out "$OUT/test" --max-length "$MAX_LENGTH" --features --tokenizer-from "$OUT/train" $Q
 # 2. Siamese representation learning (the warm-up)
-$PYTHON train_siamese.py --data "$OUT/train" --out "$OUT/siamese" --epochs "$SIAMESE_EPOCHS" --seed "$SEED" $Q
+$PYTHON train_siamese.py --data "$OUT/train" --out "$OUT/siamese" --epochs "$SIAMESE_EPOCHS" \
+        --train-layers "$TRAIN_LAYERS" --seed "$SEED" $Q
 # 3. neighbours in the Siamese feature space
 $PYTHON mine_neighbors.py "$OUT/siamese"
 # 4. relational semantic clustering, jointly with the Siamese loss
 $PYTHON train_cluster.py --data "$OUT/train" --init "$OUT/siamese" --out "$OUT/cluster" --k "$K" \
-        --epochs "$CLUSTER_EPOCHS" --seed "$SEED" $Q
+        --epochs "$CLUSTER_EPOCHS" --train-layers "$TRAIN_LAYERS" --seed "$SEED" $Q
 # 5. the trained models applied to the test file
 $PYTHON predict.py --model "$OUT/cluster" --data "$OUT/test" --out "$OUT/test_cluster" $Q
 $PYTHON predict.py --model "$OUT/siamese" --data "$OUT/test" --out "$OUT/test_siamese" $Q

@@ -8,7 +8,8 @@ batch of instances and, for each, one of its mined neighbours drawn at random, a
     L = L_siam(x)  +  L_scan(x, neighbour),
     L_scan = -mean log <phi(x), phi(neighbour)>  -  lambda * H(mean phi(x))        (model.scan_loss)
 so an instance and its neighbours get the same confident prediction while the entropy of the mean
-prediction keeps the K clusters in use; the Siamese loss keeps shaping the encoder meanwhile.
+prediction keeps the K clusters in use; the Siamese loss keeps shaping the encoder meanwhile (its top
+--train-layers layers, as in train_siamese.py).
 Every --remine-every epochs the neighbours are mined again from the current features, with the
 function mine_neighbors.mine, so they improve as the features do.
 

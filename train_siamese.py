@@ -7,7 +7,8 @@ make the two views of a positive pair.  The representation r = [h_head ; h_tail]
 through the projector (z) and the predictor (p), and the loss is SimSiam's symmetric negative cosine
 with stop-gradient (model.URE.siamese):
     L = -( cos(p1, sg(z2)) + cos(p2, sg(z1)) ) / 2.
-No negative pairs: two instances of similar relations are never pushed apart.  Both views are run
+No negative pairs: two instances of similar relations are never pushed apart.  Only the top
+--train-layers layers of the encoder learn (model.train_top; README, "Choices").  Both views are run
 together, each row with its own dropout mask, in length-sorted pieces of the random batch
 (model.encode_views), which is cheaper than two passes of the batch padded to its longest sentence.
 

@@ -1,6 +1,6 @@
 """Quality benchmark on real data: the method against the reference points, on a held-out 20 %.
 
-    python bench/quality.py                       # both sets in ../shared/data, about 60 min on 2 cores
+    python bench/quality.py                       # both sets in ../shared/data, about 35 min on 2 cores
     python bench/quality.py --sets redocred --siamese-epochs 1 --cluster-epochs 1
 
 For each set it splits the file 80 / 20 with a fixed seed, runs the whole pipeline on the 80 %
@@ -55,13 +55,13 @@ def run(cmd, times, label):
     print("$", " ".join(cmd), flush=True)
     quiet = ["--quiet"] if label != "mine_neighbors" else []  # the stages with progress bars
     subprocess.run([sys.executable] + cmd + quiet, cwd=ROOT, check=True)
-    times[label] = times.get(label, 0) + round(time.time() - t, 1)
+    times[label] = round(times.get(label, 0) + time.time() - t, 1)
 
 
 def evaluate(dirs, k, out, times):
     t = time.time()
     subprocess.run([sys.executable, "evaluate.py", *dirs, "--k", str(k), "--out", out], cwd=ROOT, check=True)
-    times["evaluate"] = times.get("evaluate", 0) + round(time.time() - t, 1)
+    times["evaluate"] = round(times.get("evaluate", 0) + time.time() - t, 1)
     with open(out) as f:
         return json.load(f)["rows"]
 
