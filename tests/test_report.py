@@ -69,7 +69,7 @@ def sections(report):
 
 def check_report(run_dir, data_dir, records, exemplars=4):
     pred, probs = np.load(run_dir / "pred.npy"), np.load(run_dir / "probs.npy")
-    n, sizes = len(pred), np.bincount(pred, minlength=probs.shape[1])
+    sizes = np.bincount(pred, minlength=probs.shape[1])
     text = (run_dir / "report.md").read_text(encoding="utf-8")
     secs = sections(text)
     assert list(secs) == sorted((c for c in range(len(sizes)) if sizes[c]), key=lambda c: -sizes[c])  # largest first
