@@ -193,6 +193,11 @@ def _fewrel_instance(path, i, r, relation):
 # 2. Marker injection
 
 
+# how the encoder turns the marked sentence into r (model.RelationEncoder): the start markers' states,
+# the entity spans' mean states, or both
+POOLINGS = ("both", "markers", "spans")
+
+
 def markers(head_type, tail_type):
     """The four marker tokens of one instance: (<h:T>, </h:T>, <t:T>, </t:T>), untyped without types."""
     h = f":{head_type}" if head_type else ""

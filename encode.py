@@ -36,7 +36,7 @@ import tempfile
 import numpy as np
 
 from data import (DataError, Log, begin_stage, encode_instance, fail, file_digest, fingerprint, length_batches,
-                  load_meta, marker_vocabulary, read_instances, save_json, save_npy, FORMATS)
+                  load_meta, marker_vocabulary, read_instances, save_json, save_npy, FORMATS, POOLINGS)
 
 
 def main():
@@ -47,9 +47,9 @@ def main():
     ap.add_argument("--model", help="Hugging Face name or local path (default: packaged all-MiniLM-L6-v2)")
     ap.add_argument("--tokenizer-from", metavar="RUN",
                     help="reuse the model and marker vocabulary of another encoded run (for test or new data)")
-    ap.add_argument("--pooling", choices=("spans", "markers"),
-                    help="r = states at the two start markers (default where the data has entity types) or "
-                         "mean states of the two entity spans (default where it has none)")
+    ap.add_argument("--pooling", choices=POOLINGS,
+                    help="r = the states at the two start markers, the mean states of the two entity spans, "
+                         "or both side by side (default)")
     ap.add_argument("--max-length", type=int, default=128, help="subword tokens per instance, markers included")
     ap.add_argument("--strict", action="store_true",
                     help="fail on a record whose two entities do not fit in --max-length (default: skip it)")
@@ -83,13 +83,11 @@ def main():
         marker_list = like["markers"]
         pooling = like["pooling"]
     else:
-        pooling = args.pooling
+        pooling = args.pooling or "both"
         model_name = args.model or default_model()
         tokenizer = load_tokenizer(model_name)
         marker_list = marker_vocabulary(instances)
         tokenizer.add_tokens(marker_list, special_tokens=True)
-        if pooling is None:  # typed start markers carry the entity types; untyped ones carry only a position
-            pooling = "markers" if any(":" in m for m in marker_list) else "spans"
     positions = max_positions(model_name)
     if positions and args.max_length > positions:
         raise DataError(f"--max-length {args.max_length}: the model {model_name} reads at most {positions} tokens")

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from data import DataError, atomic_write, length_batches
+from data import POOLINGS, DataError, atomic_write, length_batches
 
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
@@ -98,33 +98,34 @@ def rebuild_encoder(config):
     return AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
 
 
-POOLINGS = ("markers", "spans")
-
-
 class RelationEncoder(nn.Module):
-    """r = [h_head ; h_tail], with pooling
-        "markers": the hidden states at the two start markers <h:TYPE> and <t:TYPE> (the paper);
-        "spans":   the mean hidden state of each entity's own subwords, between its two markers."""
+    """r = [h_head ; h_tail] or, with pooling "both", [h_head ; h_tail ; s_head ; s_tail]:
+        "markers": h = the hidden state at the entity's start marker <h:TYPE> or <t:TYPE> (the paper);
+        "spans":   s = the mean hidden state of the entity's own subwords, between its two markers;
+        "both":    the two, side by side (the default).
+    Each part is L2-normalised, so that none outweighs the others: a new marker token's state has a
+    larger norm than a mean of word states."""
 
-    def __init__(self, bert, pooling="markers"):
+    def __init__(self, bert, pooling="both"):
         super().__init__()
         if pooling not in POOLINGS:
             raise DataError(f"pooling {pooling!r}: must be one of {', '.join(POOLINGS)}")
         self.bert = bert
         self.pooling = pooling
-        self.dim = 2 * bert.config.hidden_size
+        self.dim = (4 if pooling == "both" else 2) * bert.config.hidden_size
 
     def forward(self, input_ids, attention_mask, head_pos, tail_pos, head_end, tail_end):
         h = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        if self.pooling == "markers":
+        parts = []
+        if self.pooling in ("markers", "both"):
             rows = torch.arange(h.shape[0], device=h.device)
-            return torch.cat([h[rows, head_pos], h[rows, tail_pos]], dim=-1)
-        at = torch.arange(h.shape[1], device=h.device)[None, :]
-        pooled = []
-        for start, end in ((head_pos, head_end), (tail_pos, tail_end)):
-            inside = ((at > start[:, None]) & (at < end[:, None])).to(h.dtype)[:, :, None]
-            pooled.append((inside * h).sum(1) / inside.sum(1))
-        return torch.cat(pooled, dim=-1)
+            parts += [h[rows, head_pos], h[rows, tail_pos]]
+        if self.pooling in ("spans", "both"):
+            at = torch.arange(h.shape[1], device=h.device)[None, :]
+            for start, end in ((head_pos, head_end), (tail_pos, tail_end)):
+                inside = ((at > start[:, None]) & (at < end[:, None])).to(h.dtype)[:, :, None]
+                parts.append((inside * h).sum(1) / inside.sum(1))
+        return torch.cat([F.normalize(p, dim=-1) for p in parts], dim=-1)
 
 
 def train_top(encoder, n):
@@ -177,7 +178,7 @@ class ClusterHead(nn.Module):
 class URE(nn.Module):
     """Encoder + Siamese heads (+ a cluster head once K is set): one state dict for every stage."""
 
-    def __init__(self, bert, proj_dim, pred_dim, k=None, pooling="markers"):
+    def __init__(self, bert, proj_dim, pred_dim, k=None, pooling="both"):
         super().__init__()
         self.encoder = RelationEncoder(bert, pooling)
         self.projector = projector(self.encoder.dim, proj_dim)

@@ -31,8 +31,8 @@ def tiny_bert(seed=0, dropout=0.1):
     return BertModel(cfg)
 
 
-def tiny_ure(seed=0, k=None):
-    return M.URE(tiny_bert(seed), proj_dim=32, pred_dim=8, k=k)
+def tiny_ure(seed=0, k=None, pooling="markers"):
+    return M.URE(tiny_bert(seed), proj_dim=32, pred_dim=8, k=k, pooling=pooling)
 
 
 def random_batch(b=8, length=12, seed=1):
@@ -59,29 +59,27 @@ def blobs(n_per=40, k=3, d=5, spread=0.1, seed=0, scale=10.0):
 
 # ---- encoder and Siamese loss ---------------------------------------------------------------------
 
-def test_relation_encoder_concatenates_marker_states():
-    m = tiny_ure()
-    m.eval()
-    ids, mask, head, tail, head_end, tail_end = random_batch()
-    r = m.encoder(ids, mask, head, tail, head_end, tail_end)
-    assert r.shape == (8, 64) and m.encoder.dim == 64
-    h = m.encoder.bert(input_ids=ids, attention_mask=mask).last_hidden_state
-    for i in range(8):
-        assert torch.allclose(r[i, :32], h[i, head[i]]) and torch.allclose(r[i, 32:], h[i, tail[i]])
-
-
-def test_relation_encoder_span_pooling_is_the_mean_between_the_markers():
-    m = tiny_ure()
-    m.encoder.pooling = "spans"
+@pytest.mark.parametrize("pooling", ["markers", "spans", "both"])
+def test_relation_encoder_pools_each_part_and_normalises_it(pooling):
+    """r against a brute-force loop: the start markers' states, the means of the subwords strictly
+    between each entity's two markers, or both; every 32-wide part L2-normalised."""
+    m = tiny_ure(pooling=pooling)
     m.eval()
     ids, mask, head, tail, _, _ = random_batch()
     head_end, tail_end = head + 3, tail + torch.tensor([2, 3, 4, 5, 6, 7, 2, 3])  # spans of 2 and of 1..6 subwords
     mask[:] = 1
     r = m.encoder(ids, mask, head, tail, head_end, tail_end)
     h = m.encoder.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+    width = {"markers": 64, "spans": 64, "both": 128}[pooling]
+    assert r.shape == (8, width) and m.encoder.dim == width
     for i in range(8):
-        assert torch.allclose(r[i, :32], h[i, head[i] + 1:head_end[i]].mean(0), atol=1e-6)
-        assert torch.allclose(r[i, 32:], h[i, tail[i] + 1:tail_end[i]].mean(0), atol=1e-6)
+        parts = []
+        if pooling != "spans":
+            parts += [h[i, head[i]], h[i, tail[i]]]
+        if pooling != "markers":
+            parts += [h[i, head[i] + 1:head_end[i]].mean(0), h[i, tail[i] + 1:tail_end[i]].mean(0)]
+        expected = torch.cat([p / p.norm() for p in parts])
+        assert torch.allclose(r[i], expected, atol=1e-6)
     with pytest.raises(M.DataError, match="pooling 'cls'"):
         M.RelationEncoder(m.encoder.bert, "cls")
 
