@@ -25,7 +25,8 @@ Writes into --out:
     type_pair.npy   int32 [N]    (head type, tail type) pair id, names in meta.json, when the data has types
     labels.npy      int32 [N]    gold relation id, names in label_names.json, when every record has one;
                                  read by evaluate.py only
-    features.npy  float32 [N,2H] with --features: the frozen encoder's [h_head ; h_tail]
+    features.npy  float32 [N, D] with --features: the frozen encoder's r (--pooling; D = 4 x hidden size
+                                 for both, 2 x for one)
     meta.json                    what was read and written; written last, so its presence means complete
 """
 import argparse

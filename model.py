@@ -1,6 +1,7 @@
 """The relation instance encoder, its Siamese heads, the clustering head, and their losses.
 
-    x  --BERT-->  [h_head ; h_tail]  = r            relation representation (2H), paper section 3.1
+    x  --BERT-->  [h_head ; h_tail ; s_head ; s_tail]  = r    relation representation (D = 4H), paper
+                  section 3.1 (start-marker states h) and entity-span means s (RelationEncoder)
     r  --projector-->  z  --predictor-->  p          SimSiam heads, section 3.2
     r  --cluster head-->  softmax  = phi(x)          K cluster probabilities, section 3.3
 
@@ -256,7 +257,7 @@ def to_batch(arrays, idx):
 
 def encode_views(encoder, arrays, idx, views=1, piece=8):
     """Training-mode r of the instances `idx` (in that order), `views` times each, every row with its
-    own dropout mask: [views, len(idx), 2H].  The rows of a random training batch go through the
+    own dropout mask: [views, len(idx), D].  The rows of a random training batch go through the
     encoder in length-sorted pieces of `piece` instances, so a short sentence is not padded to the
     longest of the batch (half of a random batch's tokens would be padding); the batch itself, which
     BatchNorm and the entropy term see, stays random, and r of a row does not depend on its piece.
@@ -273,7 +274,7 @@ def encode_views(encoder, arrays, idx, views=1, piece=8):
 
 @torch.inference_mode()
 def represent(encoder, arrays, batches, head=None):
-    """Eval-mode representations r of every instance (float32 [N, 2H]) and, with a cluster head,
+    """Eval-mode representations r of every instance (float32 [N, D]) and, with a cluster head,
     its probabilities [N, K]."""
     was_training = encoder.training
     encoder.eval()

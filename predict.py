@@ -9,7 +9,7 @@ stage's (features only).  The data must have been encoded with the same marker v
 encode.py --tokenizer-from the training data's directory.
 
 Writes into --out:
-    features.npy   float32 [N, 2H]   eval-mode r = [h_head ; h_tail]
+    features.npy   float32 [N, D]    eval-mode r (model.RelationEncoder)
     probs.npy      float32 [N, K]    with a clustering head: cluster probabilities
     pred.npy       int32   [N]       with a clustering head: argmax cluster
     meta.json      the model and data it came from, and their fingerprints; written last

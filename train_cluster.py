@@ -15,7 +15,7 @@ function mine_neighbors.mine, so they improve as the features do.
 
 Writes into --out:
     model.pt        encoder + Siamese heads + clustering head
-    features.npy    float32 [N, 2H]  eval-mode r after training
+    features.npy    float32 [N, D]   eval-mode r after training
     probs.npy       float32 [N, K]   cluster probabilities
     pred.npy        int32   [N]      argmax cluster of each instance
     checkpoint.pt   after each epoch (--resume goes on from it)

@@ -14,7 +14,7 @@ together, each row with its own dropout mask, in length-sorted pieces of the ran
 
 Reads the encoded data directory (encode.py).  Writes into --out:
     model.pt          encoder + projector + predictor state dict, with what rebuilds them offline
-    features.npy      float32 [N, 2H]: eval-mode r of every instance
+    features.npy      float32 [N, D]: eval-mode r of every instance
     checkpoint.pt     after each epoch: model, optimiser, scheduler, RNG, epoch (--resume goes on from it)
     meta.json         arguments, per-epoch loss, collapse signal and seconds, timing; written last
 Per epoch it logs the loss and SimSiam's collapse signal: the std of L2-normalised z per dimension,

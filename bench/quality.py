@@ -100,7 +100,7 @@ def markdown(results, args):
              f"Siamese + {args.cluster_epochs} clustering epochs, max length {args.max_length}; percent.", ""]
     for name, r in results.items():
         for k, rows in r["table"].items():
-            lines += [f"**{r['data']}, K = {k}** (pooling: {r["pooling"]})", "",
+            lines += [f"**{r['data']}, K = {k}** (pooling: {r['pooling']})", "",
                       "| | B3 P | B3 R | B3 F1 | V hom | V com | V F1 | ARI |", "|---|---|---|---|---|---|---|---|"]
             for row in rows:
                 lines.append(f"| {row['name']} | " + " | ".join(f"{100 * row[m]:.1f}" for m in METRICS) + " |")

@@ -21,7 +21,8 @@ import data
 from metrics import score
 
 REPO = Path(__file__).resolve().parents[1]
-HIDDEN2 = 64   # 2 * hidden size of the tiny BERT: features are [h_head ; h_tail]
+# width of r with the tiny BERT (hidden size 32) for each pooling: four 32-wide parts, or two
+R_DIM = {"both": 128, "markers": 64, "spans": 64}
 K = 4          # clusters
 MINE_K = 5     # neighbours
 SIAMESE = ["--epochs", "2", "--batch-size", "16", "--seed", "0"]
@@ -135,7 +136,7 @@ def check_encoded(d, records, tok=None, max_length=128, features=False, check_te
         assert [label_names[l] for l in labels] == [records[i]["relation"] for i in index]
     if features:
         f = load(d, "features.npy")
-        assert f.dtype == np.float32 and f.shape == (n, HIDDEN2) and np.isfinite(f).all()
+        assert f.dtype == np.float32 and f.shape == (n, R_DIM[meta["pooling"]]) and np.isfinite(f).all()
     else:
         assert not (d / "features.npy").exists()
     return meta
@@ -174,7 +175,7 @@ def test_encode_train(pipe):
     meta = check_encoded(pipe.train, pipe.train_records, features=True)
     assert meta["n_instances"] == len(pipe.train_records) == 120  # every short embedded sentence fits
     assert meta["model"] == str(pipe.model)
-    assert meta["pooling"] == "markers"  # typed data: the typed start markers
+    assert meta["pooling"] == "both"
     types = {(r["subj_type"], r["obj_type"]) for r in pipe.train_records}
     assert meta["markers"] == sorted(set(data.markers(None, None)).union(
         *(data.markers(h, t) for h, t in types)))
@@ -194,16 +195,22 @@ def test_encode_test_with_tokenizer_from(pipe):
     check_encoded(pipe.test, pipe.test_records, tok=tr, features=True)
 
 
-def test_encode_pooling_untyped_data_pools_entity_spans(pipe, tmp_path):
-    records = [{k: v for k, v in r.items() if k not in ("subj_type", "obj_type")} for r in pipe.train_records[:30]]
-    src = tmp_path / "untyped.json"
+@pytest.mark.parametrize("typed", [True, False])
+def test_encode_pooling_both_is_markers_beside_spans(pipe, tmp_path, typed):
+    records = [{k: v for k, v in r.items() if typed or k not in ("subj_type", "obj_type")}
+               for r in pipe.train_records[:30]]
+    src = tmp_path / "records.json"
     src.write_text(json.dumps(records), encoding="utf-8")
-    run("encode.py", src, "--out", tmp_path / "spans", "--model", pipe.model, "--features")
-    run("encode.py", src, "--out", tmp_path / "markers", "--model", pipe.model, "--features", "--pooling", "markers")
-    spans, markers = check_encoded(tmp_path / "spans", records, features=True), \
-        check_encoded(tmp_path / "markers", records, features=True)
-    assert (spans["pooling"], markers["pooling"]) == ("spans", "markers")
-    assert not np.allclose(load(tmp_path / "spans", "features.npy"), load(tmp_path / "markers", "features.npy"))
+    f = {}
+    for pooling in ("both", "markers", "spans"):
+        flag = ["--pooling", pooling] if pooling != "both" else []  # "both" is the default
+        run("encode.py", src, "--out", tmp_path / pooling, "--model", pipe.model, "--features", *flag)
+        assert check_encoded(tmp_path / pooling, records, features=True)["pooling"] == pooling
+        f[pooling] = load(tmp_path / pooling, "features.npy")
+    np.testing.assert_allclose(f["both"], np.concatenate([f["markers"], f["spans"]], 1), atol=1e-5)
+    for part in np.split(f["both"], 4, axis=1):  # each entity's state and span mean: unit length
+        np.testing.assert_allclose(np.linalg.norm(part, axis=1), 1, atol=1e-5)
+    assert not np.allclose(f["markers"], f["spans"])
     p = run("encode.py", src, "--out", tmp_path / "x", "--tokenizer-from", pipe.train, "--pooling", "spans", ok=False)
     assert p.stderr.strip() == (f"error: --pooling and --tokenizer-from: the pooling is the one {pipe.train} "
                                 f"was encoded with")
@@ -251,7 +258,7 @@ def test_encode_max_length_truncates_around_entities(pipe, tmp_path):
 def test_train_siamese_outputs(pipe):
     n = read_json(pipe.train / "meta.json")["n_instances"]
     f = load(pipe.siamese, "features.npy")
-    assert f.dtype == np.float32 and f.shape == (n, HIDDEN2) and np.isfinite(f).all()
+    assert f.dtype == np.float32 and f.shape == (n, R_DIM["both"]) and np.isfinite(f).all()
     assert (pipe.siamese / "model.pt").is_file() and (pipe.siamese / "checkpoint.pt").is_file()
     meta = read_json(pipe.siamese / "meta.json")
     assert meta["stage"] == "siamese" and meta["n_instances"] == n
@@ -290,7 +297,7 @@ def test_train_cluster_outputs(pipe):
     assert probs.dtype == np.float32 and probs.shape == (n, K) and (probs >= 0).all()
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
     assert (pred == probs.argmax(1)).all()
-    assert f.dtype == np.float32 and f.shape == (n, HIDDEN2) and np.isfinite(f).all()
+    assert f.dtype == np.float32 and f.shape == (n, R_DIM["both"]) and np.isfinite(f).all()
     assert (pipe.cluster / "model.pt").is_file() and (pipe.cluster / "checkpoint.pt").is_file()
     meta = read_json(pipe.cluster / "meta.json")
     assert meta["stage"] == "cluster" and meta["n_instances"] == n
@@ -382,12 +389,12 @@ def test_predict_on_test(pipe):
     assert probs.dtype == np.float32 and probs.shape == (n, K)
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
     assert (pred == probs.argmax(1)).all()
-    assert f.dtype == np.float32 and f.shape == (n, HIDDEN2) and np.isfinite(f).all()
+    assert f.dtype == np.float32 and f.shape == (n, R_DIM["both"]) and np.isfinite(f).all()
     meta = read_json(pipe.test_cluster / "meta.json")
     assert meta["stage"] == "predict" and meta["model_stage"] == "cluster" and meta["n_instances"] == n
     # the Siamese model gives features only
     fs = load(pipe.test_siamese, "features.npy")
-    assert fs.dtype == np.float32 and fs.shape == (n, HIDDEN2)
+    assert fs.dtype == np.float32 and fs.shape == (n, R_DIM["both"])
     assert not (pipe.test_siamese / "pred.npy").exists() and not (pipe.test_siamese / "probs.npy").exists()
 
 
