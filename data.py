@@ -14,7 +14,8 @@ Every stage imports from here, so that a file is read, checked and written in ex
 2. Marker injection (paper section 3.1).  The entity types are injected as new marker tokens around
    the head and the tail:  <h:PERSON> Obama </h:PERSON> was born in <t:CITY> Honolulu </t:CITY> .
    Data without types gets untyped markers <h> </h> <t> </t>.  The instance is later represented by the
-   encoder's hidden states at the two *start* markers, so `encode_instance` returns their positions.
+   encoder's hidden states at the two *start* markers and the mean states of the two entities' own
+   subwords, so `encode_instance` returns the positions of the start and of the closing markers.
    A sentence longer than --max-length is cut to a window centred on the two entities.
 
 3. The run directory.  Stages exchange .npy arrays and small JSON files; every file is written to a

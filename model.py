@@ -125,7 +125,7 @@ class RelationEncoder(nn.Module):
             at = torch.arange(h.shape[1], device=h.device)[None, :]
             for start, end in ((head_pos, head_end), (tail_pos, tail_end)):
                 inside = ((at > start[:, None]) & (at < end[:, None])).to(h.dtype)[:, :, None]
-                parts.append((inside * h).sum(1) / inside.sum(1))
+                parts.append((inside * h).sum(1) / inside.sum(1).clamp(min=1))  # no subwords: zeros
         return torch.cat([F.normalize(p, dim=-1) for p in parts], dim=-1)
 
 
@@ -402,7 +402,7 @@ def distributed(encoder, world):
     """The encoder wrapped in DistributedDataParallel under torchrun, itself in one process."""
     if world == 1:
         return encoder
-    # BERT's pooler is computed but unused by r = [h_head ; h_tail], so it gets no gradient
+    # BERT's pooler is computed but unused by r, so it gets no gradient
     return nn.parallel.DistributedDataParallel(encoder, find_unused_parameters=True)
 
 

@@ -3,7 +3,7 @@
     python train_cluster.py --data runs/default/train --init runs/default/siamese --out runs/default/cluster
 
 Starts from the Siamese stage's model and the neighbours mined from its features (mine_neighbors.py).
-A clustering head maps r = [h_head ; h_tail] to K cluster probabilities phi(x).  Each step takes a
+A clustering head maps r (model.RelationEncoder) to K cluster probabilities phi(x).  Each step takes a
 batch of instances and, for each, one of its mined neighbours drawn at random, and minimises
     L = L_siam(x)  +  L_scan(x, neighbour),
     L_scan = -mean log <phi(x), phi(neighbour)>  -  lambda * H(mean phi(x))        (model.scan_loss)

@@ -3,7 +3,7 @@
     python train_siamese.py --data runs/default/train --out runs/default/siamese
 
 Each batch of marked sentences goes through the encoder twice in training mode; the two dropout masks
-make the two views of a positive pair.  The representation r = [h_head ; h_tail] of each view goes
+make the two views of a positive pair.  The representation r (model.RelationEncoder) of each view goes
 through the projector (z) and the predictor (p), and the loss is SimSiam's symmetric negative cosine
 with stop-gradient (model.URE.siamese):
     L = -( cos(p1, sg(z2)) + cos(p2, sg(z1)) ) / 2.

@@ -1,6 +1,6 @@
 """Quality benchmark on real data: the method against the reference points, on a held-out 20 %.
 
-    python bench/quality.py                       # both sets in ../shared/data, about 35 min on 2 cores
+    python bench/quality.py                       # both sets in ../shared/data, about 40 min on 2 cores
     python bench/quality.py --sets redocred --siamese-epochs 1 --cluster-epochs 1
 
 For each set it splits the file 80 / 20 with a fixed seed, runs the whole pipeline on the 80 %

@@ -127,10 +127,10 @@ bert = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, 
 model = URE(bert, 16, 4, k=3)
 n, width = 7, 10                       # 7 rows: shards of 4 and 3
 rng = np.random.default_rng(0)
-lengths = rng.integers(6, width + 1, n)
+lengths = rng.integers(8, width + 1, n)
 arrays = {"input_ids": rng.integers(5, 50, (n, width)) * (np.arange(width) < lengths[:, None]),
-          "lengths": lengths, "head_pos": np.full(n, 1), "tail_pos": np.full(n, 3), "head_end": np.full(n, 2),
-          "tail_end": np.full(n, 4)}
+          "lengths": lengths, "head_pos": np.full(n, 1), "tail_pos": np.full(n, 4), "head_end": np.full(n, 3),
+          "tail_end": np.full(n, 6)}
 
 def loss_of(r1, r2, neighbour):        # a Siamese and a SCAN loss on the whole batch
     return model.siamese(r1, r2)[0] + scan_loss(model.cluster_head(r1), model.cluster_head(neighbour), 2.0)[0]

@@ -84,6 +84,16 @@ def test_relation_encoder_pools_each_part_and_normalises_it(pooling):
         M.RelationEncoder(m.encoder.bert, "cls")
 
 
+def test_relation_encoder_empty_span_gives_zeros_not_nan():
+    """An entity whose words have no subwords (a tokenizer can drop a character) leaves its span
+    empty: that part of r is zero, and r stays finite, so no NaN reaches a loss."""
+    m = tiny_ure(pooling="both")
+    ids, mask, head, tail, _, tail_end = random_batch()
+    r = m.encoder(ids, mask, head, tail, head + 1, tail_end)  # the closing marker right after the opening
+    assert torch.isfinite(r).all()
+    assert (r[:, 64:96] == 0).all() and (r[:, 96:].norm(dim=1) > 0.99).all()
+
+
 def test_dropout_makes_two_views_in_training_only():
     m = tiny_ure()
     batch = random_batch()
