@@ -104,8 +104,8 @@ class RelationEncoder(nn.Module):
         "markers": h = the hidden state at the entity's start marker <h:TYPE> or <t:TYPE> (the paper);
         "spans":   s = the mean hidden state of the entity's own subwords, between its two markers;
         "both":    the two, side by side (the default).
-    Each part is L2-normalised, so that none outweighs the others: a new marker token's state has a
-    larger norm than a mean of word states."""
+    Each part is L2-normalised, so that the four weigh the same in a cosine whatever their norms in a
+    given sentence (the gain this brings is measured in the README, "Choices")."""
 
     def __init__(self, bert, pooling="both"):
         super().__init__()
