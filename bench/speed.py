@@ -148,7 +148,8 @@ def bench_train_step(encoded, steps, batch_size=32):
     arrays, meta = load_encoded(encoded)
     arrays = {k: np.array(v) for k, v in arrays.items()}
     torch.manual_seed(0)
-    model = URE(build_encoder(meta["model"], load_tokenizer(os.path.join(encoded, "tokenizer")), 0.1), 768, 192)
+    model = URE(build_encoder(meta["model"], load_tokenizer(os.path.join(encoded, "tokenizer")), 0.1), 768, 192,
+                pooling=meta["pooling"])  # as train_siamese.py builds it for this data
     opt, _ = make_optimizer(model, 3e-5, 1e-3, 1000)
     model.train()
 
