@@ -36,8 +36,8 @@ import tempfile
 
 import numpy as np
 
-from data import (DataError, Log, begin_stage, encode_instance, fail, file_digest, fingerprint, length_batches,
-                  load_meta, marker_vocabulary, read_instances, save_json, save_npy, FORMATS, POOLINGS)
+from data import FORMATS, POOLINGS, DataError, encode_instance, marker_vocabulary, read_instances
+from rundir import Log, begin_stage, fail, file_digest, fingerprint, load_meta, save_json, save_npy
 
 
 def main():
@@ -74,7 +74,8 @@ def main():
 
     # torch and transformers are imported once the data has been read, so a bad file is reported at once
     import torch
-    from model import RelationEncoder, build_encoder, default_model, device, load_tokenizer, represent
+    from model import RelationEncoder
+    from training import build_encoder, default_model, device, length_batches, load_tokenizer, represent
 
     # the marker vocabulary: new tokens of a fresh tokenizer, or the one of an earlier run
     if args.tokenizer_from:

@@ -18,9 +18,10 @@ import os
 
 import numpy as np
 
-from data import DataError, Log, check_source, fail, load_meta, load_npy, save_json
+from data import DataError
 from metrics import score
 from model import kmeans
+from rundir import Log, check_source, fail, load_meta, load_npy, save_json
 
 ROW_NAMES = {"encode": "frozen encoder", "siamese": "Siamese features", "cluster": "final features"}
 

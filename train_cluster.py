@@ -22,46 +22,32 @@ Writes into --out:
     meta.json       arguments, per-epoch losses and seconds, cluster sizes, timing; written last
 
 Under `torchrun --nproc_per_node=N train_cluster.py ...` each rank encodes 1/N of every batch and of its
-neighbours, and the losses run on the gathered batch (model.py, "Scale-out"): the same training as one
+neighbours, and the losses run on the gathered batch (training.py, "Scale-out"): the same training as one
 process at the same --batch-size, except for the dropout masks; only rank 0 writes files.
 """
-import argparse
 import os
 import time
 
 import numpy as np
 import torch
 
-from data import (DataError, Log, begin_stage, check_source, fail, fingerprint, length_batches, load_encoded, load_json, load_meta,
-                  load_npy, save_json, save_npy)
+from data import DataError
 from mine_neighbors import mine
-from model import (URE, device, distributed, encode_views, gather, load_checkpoint, load_model, make_optimizer,
-                   represent_all, save_checkpoint, save_model, scan_loss, setup_distributed, shard, train_top)
+from model import URE, scan_loss, train_top
+from rundir import check_source, fail, fingerprint, load_encoded, load_json, load_meta, load_npy, save_json, save_npy
+from training import (arguments, begin_training, device, distributed, encode_views, epochs, gather, load_model,
+                      optimizer_and_resume, represent_all, save_checkpoint, save_model, shard, step)
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", required=True, help="encoded data directory (encode.py)")
+    ap = arguments(__doc__)
     ap.add_argument("--init", required=True, help="Siamese stage directory with model.pt and neighbors.npy")
-    ap.add_argument("--out", required=True, help="directory to write")
     ap.add_argument("--k", type=int, default=10, help="number of clusters (papers: 10)")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=3e-5, help="encoder learning rate")
-    ap.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the heads")
     ap.add_argument("--entropy-weight", type=float, default=2.0, help="lambda of the entropy term")
     ap.add_argument("--siamese-weight", type=float, default=1.0, help="weight of the Siamese loss")
     ap.add_argument("--remine-every", type=int, default=1, help="epochs between neighbour re-mining (0: never)")
-    ap.add_argument("--train-layers", type=int, default=2,
-                    help="train only this many top layers of the encoder (0: all, embeddings too)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--resume", action="store_true", help="go on from --out/checkpoint.pt")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args()
-    rank, world = setup_distributed()
-    log = Log("cluster", args.quiet or rank > 0)
-    log("settings: " + " ".join(f"{k}={v}" for k, v in vars(args).items()))
-    torch.manual_seed(args.seed)
+    rank, world, log, settings = begin_training("cluster", args)
 
     arrays, data_meta = load_encoded(args.data)
     n = data_meta["n_instances"]
@@ -82,30 +68,17 @@ def main():
     init = model.cluster_head.init_from(load_npy(os.path.join(args.init, "features.npy"), n), args.seed)
     log(f"cluster prototypes start at the k-means centroids of the Siamese features "
         f"(sizes {sorted(np.bincount(init.numpy(), minlength=args.k).tolist(), reverse=True)})")
-    batches_per_epoch = len(length_batches(arrays["lengths"], args.batch_size))
-    opt, sched = make_optimizer(model, args.lr, args.head_lr, args.epochs * batches_per_epoch)
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "resume", "data", "init", "quiet")}
     run_id = fingerprint(data_meta["fingerprint"], init_meta["fingerprint"], settings)
-
-    if rank == 0:
-        begin_stage(args.out)
-    checkpoint, start, history = os.path.join(args.out, "checkpoint.pt"), 0, []
-    if args.resume and os.path.exists(checkpoint):
-        state = load_checkpoint(checkpoint, model, opt, sched, run_id)
-        start, history, neighbors = state["epoch"], state["history"], state["neighbors"].numpy()
-        log(f"resumed after epoch {start} from {checkpoint}")
+    opt, sched, checkpoint, state = optimizer_and_resume(model, args, arrays, run_id, rank, log)
+    start, history = (state["epoch"], state["history"]) if state else (0, [])
+    if state:
+        neighbors = state["neighbors"].numpy()
 
     encoder = distributed(model.encoder, world)
     model.train()
-    for epoch in range(start, args.epochs):
-        t0, rng = time.time(), np.random.default_rng([args.seed, epoch])
-        if world > 1:  # each rank its own dropout masks, from a stream that --resume can start again
-            torch.manual_seed(int(np.random.SeedSequence([args.seed, epoch, rank]).generate_state(1)[0]))
-        sums = np.zeros(4)
-        steps = 0
-        for b in log.progress(length_batches(arrays["lengths"], args.batch_size, rng), f"epoch {epoch + 1}"):
-            if len(b) < max(2, world):  # BatchNorm needs two rows, and every rank one
-                continue
+    for epoch, rng, batches in epochs(args, arrays, start, rank, world, log):
+        t0, sums, steps = time.time(), np.zeros(4), 0
+        for b in batches:
             nb = neighbors[b, rng.integers(neighbors.shape[1], size=len(b))]
             r1, r2 = encode_views(encoder, arrays, shard(b, rank, world), views=2)
             r1, r2 = gather(r1, len(b), world), gather(r2, len(b), world)
@@ -113,10 +86,7 @@ def main():
             rn = gather(encode_views(encoder, arrays, shard(nb, rank, world))[0], len(b), world)
             scan, consistency, entropy = scan_loss(model.cluster_head(r1), model.cluster_head(rn), args.entropy_weight)
             loss = args.siamese_weight * siam + scan
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            step(opt, sched, loss)
             sums += [loss.item(), siam.item(), consistency.item(), entropy.item()]
             steps += 1
         remine = args.remine_every and (epoch + 1) % args.remine_every == 0 and epoch + 1 < args.epochs

@@ -3,8 +3,8 @@
     python bench/speed.py                       # about 15 minutes on 2 CPU cores
     python bench/speed.py --records 300 --mine-rows 20000 --labels 1000000      # a quick look
 
-1. Encoding: the project's encoder as encode.py --features runs it (model.represent over
-   data.length_batches: length-sorted batches of 64, inference mode, fp32) against a plain Hugging Face
+1. Encoding: the project's encoder as encode.py --features runs it (training.represent over
+   training.length_batches: length-sorted batches of 64, inference mode, fp32) against a plain Hugging Face
    loop (AutoModel on the same marked input_ids, file order, batches of 64 padded to the longest, fp32,
    torch.no_grad), on the first --records records of redocred_dev.json encoded at --max-length 128 (or
    data/train.json when ../shared/data is absent).  Also the project's encoder under bf16 autocast,
@@ -14,7 +14,7 @@
    FLOP/s as a share of it.  FLOPs are counted analytically over the real (unpadded) tokens: per token
    and layer 2 (4 H^2 + 2 H I) for the projections and the feed-forward, plus 4 L H for attention.
 3. Training: one Siamese step on random batches of 32 with the batch padded to its longest sentence
-   (the code before length-sorted pieces) against model.encode_views, alternating; then
+   (the code before length-sorted pieces) against training.encode_views, alternating; then
    train_siamese.py and train_cluster.py run for one epoch on the first --train-records instances,
    instances/s from the per-epoch seconds in their meta.json.
 4. Neighbour mining: exact top-20 of --mine-rows x 768 random unit vectors with mine_neighbors.mine,
@@ -37,10 +37,11 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from data import length_batches, load_encoded  # noqa: E402
 from metrics import score  # noqa: E402
-from model import (URE, RelationEncoder, build_encoder, encode_views, load_tokenizer, make_optimizer,  # noqa: E402
-                   represent, to_batch)
+from model import URE, RelationEncoder  # noqa: E402
+from rundir import load_encoded  # noqa: E402
+from training import (build_encoder, encode_views, length_batches, load_tokenizer, make_optimizer,  # noqa: E402
+                      represent, to_batch)
 
 RESULTS = {}
 
@@ -144,7 +145,7 @@ def bench_encode(encoded, rounds):
 
 
 def bench_train_step(encoded, steps, batch_size=32):
-    """One Siamese training step, the batch padded to its longest vs model.encode_views, alternating."""
+    """One Siamese training step, the batch padded to its longest vs training.encode_views, alternating."""
     arrays, meta = load_encoded(encoded)
     arrays = {k: np.array(v) for k, v in arrays.items()}
     torch.manual_seed(0)

@@ -1,14 +1,12 @@
-"""Tests for data.py: readers and their errors, marker injection, encoding with truncation, run-dir I/O."""
+"""Tests for data.py: readers and their errors, marker injection, encoding with truncation."""
 import json
-import os
 import zlib
 
 import numpy as np
 import pytest
 
 import data
-from data import (DataError, Instance, atomic_write, encode_instance, length_batches, load_json, load_npy,
-                  mark, marker_vocabulary, markers, read_instances, save_json, save_npy)
+from data import DataError, Instance, encode_instance, mark, marker_vocabulary, markers, read_instances
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -152,10 +150,6 @@ def test_format_override(tmp_path):
 
 
 # ---- 1b. reader errors ---------------------------------------------------------------------------
-
-def test_data_error_is_value_error():
-    assert issubclass(DataError, ValueError)
-
 
 def test_invalid_json(tmp_path):
     path = write(tmp_path, "broken.json", '[{"token": ["a", "b"], "subj_start": 0,,}]')
@@ -505,117 +499,3 @@ def test_encode_returns_none_when_entities_do_not_fit():
     assert encode_instance(inst(LONG, (5, 5), (200, 200)), PIECES, MARKER_IDS, CLS, SEP, 64) is None
     # one entity alone longer than the window
     assert encode_instance(inst(LONG, (10, 60), (62, 62)), PIECES, MARKER_IDS, CLS, SEP, 32) is None
-
-
-# ---- 3. the run directory ------------------------------------------------------------------------
-
-def test_save_npy_roundtrip(tmp_path):
-    path = str(tmp_path / "sub" / "a.npy")  # the directory is created
-    a = np.arange(12, dtype=np.float32).reshape(4, 3)
-    save_npy(path, a)
-    b = load_npy(path, rows=4)
-    assert b.dtype == np.float32 and np.array_equal(b, a)
-    assert os.listdir(tmp_path / "sub") == ["a.npy"]
-
-
-def test_atomic_write_error_keeps_previous_file(tmp_path):
-    path = str(tmp_path / "a.npy")
-    old = np.arange(5, dtype=np.int32)
-    save_npy(path, old)
-
-    def half_then_fail(f):
-        f.write(b"\x93NUMPY partial")
-        raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError, match="disk full"):
-        atomic_write(path, half_then_fail)
-    assert np.array_equal(np.load(path), old)
-    assert os.listdir(tmp_path) == ["a.npy"]  # no temporary file left behind
-
-    # a write that np.save refuses (object array without pickling) behaves the same
-    with pytest.raises(ValueError):
-        save_npy(path, np.array([{"a": 1}, None], dtype=object))
-    assert np.array_equal(np.load(path), old)
-    assert os.listdir(tmp_path) == ["a.npy"]
-
-
-def test_atomic_write_keyboard_interrupt(tmp_path):
-    path = str(tmp_path / "m.json")
-    save_json(path, {"v": 1})
-
-    def interrupted(f):
-        f.write(b'{"v": ')
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        atomic_write(path, interrupted)
-    assert load_json(path) == {"v": 1}
-    assert os.listdir(tmp_path) == ["m.json"]
-
-
-def test_load_npy_wrong_rows(tmp_path):
-    path = str(tmp_path / "a.npy")
-    save_npy(path, np.zeros((7, 2), np.float32))
-    with pytest.raises(DataError) as e:
-        load_npy(path, rows=8)
-    assert "rows" in str(e.value) and "7" in str(e.value) and "8" in str(e.value) and path in str(e.value)
-
-
-def test_load_npy_missing_and_unreadable(tmp_path):
-    with pytest.raises(DataError, match="not found"):
-        load_npy(str(tmp_path / "none.npy"))
-    bad = tmp_path / "bad.npy"
-    bad.write_bytes(b"this is not npy")
-    with pytest.raises(DataError, match="not a readable"):
-        load_npy(str(bad))
-
-
-def test_json_roundtrip_and_errors(tmp_path):
-    path = str(tmp_path / "meta.json")
-    obj = {"stage": "encode", "n": 3, "names": ["a", "b"]}
-    save_json(path, obj)
-    assert load_json(path) == obj
-    with pytest.raises(DataError, match="not found"):
-        load_json(str(tmp_path / "absent.json"))
-    (tmp_path / "bad.json").write_text("{nope")
-    with pytest.raises(DataError, match="invalid JSON"):
-        load_json(str(tmp_path / "bad.json"))
-
-
-def test_begin_stage_removes_meta(tmp_path):
-    out = tmp_path / "stage"
-    data.begin_stage(str(out))
-    assert out.is_dir()
-    save_json(str(out / "meta.json"), {"stage": "x"})
-    save_npy(str(out / "keep.npy"), np.zeros(2))
-    data.begin_stage(str(out))
-    assert sorted(os.listdir(out)) == ["keep.npy"]
-
-
-def test_length_batches_inference_order():
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(3, 40, size=103)
-    batches = length_batches(lengths, 10)
-    assert [len(b) for b in batches] == [10] * 10 + [3]
-    order = np.concatenate(batches)
-    assert sorted(order.tolist()) == list(range(103))  # every index exactly once
-    assert np.all(np.diff(lengths[order]) >= 0)         # in length order
-
-
-def test_length_batches_training_permutation():
-    lengths = np.arange(50)  # already sorted: a random order cannot be mistaken for length order
-    a = length_batches(lengths, 8, np.random.default_rng(7))
-    b = length_batches(lengths, 8, np.random.default_rng(7))
-    c = length_batches(lengths, 8, np.random.default_rng(8))
-    assert [len(x) for x in a] == [8] * 6 + [2]
-    order = np.concatenate(a)
-    assert sorted(order.tolist()) == list(range(50))
-    assert all(np.array_equal(x, y) for x, y in zip(a, b)) and len(a) == len(b)
-    assert not np.array_equal(order, np.concatenate(c))
-    assert not np.all(np.diff(lengths[order]) >= 0)
-
-
-def test_fingerprint_depends_on_content():
-    assert data.fingerprint({"a": 1, "b": 2}) == data.fingerprint({"b": 2, "a": 1})
-    assert data.fingerprint({"a": 1}) != data.fingerprint({"a": 2})
-    assert len(data.fingerprint("x")) == 16

@@ -118,7 +118,8 @@ import sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np, torch
 from transformers import BertConfig, BertModel
-from model import URE, distributed, encode_views, gather, scan_loss, setup_distributed, shard
+from model import URE, scan_loss
+from training import distributed, encode_views, gather, setup_distributed, shard
 
 rank, world = setup_distributed()
 torch.manual_seed(0)

@@ -11,6 +11,7 @@
 4. Repeatable: the same commands with the same seed give identical pred.npy and metrics.json.
 Stages that are compared run as subprocesses with one torch thread, like tests/test_pipeline.py.
 """
+import ast
 import importlib
 import json
 import os
@@ -27,7 +28,7 @@ import numpy as np
 import pytest
 import torch
 
-import data
+import rundir
 from data import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -215,9 +216,9 @@ def test_meta_json_incomplete_or_foreign(chain, tmp_path):
     shutil.copytree(chain.siamese, d)
     meta = read_json(d / "meta.json")
     del meta["fingerprint"]
-    data.save_json(str(d / "meta.json"), meta)
+    rundir.save_json(str(d / "meta.json"), meta)
     assert f"{d}/meta.json: missing field 'fingerprint'" in refused("mine_neighbors", d)
-    data.save_json(str(d / "meta.json"), [1, 2])
+    rundir.save_json(str(d / "meta.json"), [1, 2])
     assert "its meta.json says stage None" in refused("mine_neighbors", d)
     (d / "meta.json").write_bytes(b"\xff\xfe{")
     assert f"{d}/meta.json: cannot read" in refused("predict", "--model", d, "--data", chain.test,
@@ -303,20 +304,40 @@ def test_pickled_model_and_checkpoint_are_refused(chain, tmp_path):
     assert not ran.exists()
 
 
+def loading_calls(source):
+    """(line, call, its keyword arguments) of every torch.load and np.load call in `source`, however
+    its arguments are laid out over lines."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
+                and isinstance(node.func.value, ast.Name) and node.func.value.id in ("torch", "np", "numpy"):
+            yield node.lineno, f"{node.func.value.id}.load", {k.arg: k.value for k in node.keywords}
+
+
+def is_constant(node, value):
+    return isinstance(node, ast.Constant) and node.value is value
+
+
+def test_loading_audit_sees_a_call_split_across_lines():
+    calls = list(loading_calls("x = torch.load(\n    path,\n    map_location='cpu')\ny = np.load(p, allow_pickle=False)\n"))
+    assert [(line, call) for line, call, _ in calls] == [(1, "torch.load"), (4, "np.load")]
+    assert "weights_only" not in calls[0][2] and is_constant(calls[1][2]["allow_pickle"], False)
+
+
 def test_loading_is_safe_in_every_script():
     """The audit: every torch.load has weights_only=True, every np.load allow_pickle=False, nothing
-    unpickles or runs a model's own code."""
+    unpickles or runs a model's own code.  The calls are found in the syntax tree, not by line."""
     sources = sorted(REPO.glob("*.py")) + sorted(REPO.glob("bench/*.py"))
-    assert any(p.name == "model.py" for p in sources)
+    assert {"training.py", "rundir.py"} <= {p.name for p in sources}
+    found = 0
     for p in sources:
-        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            where = f"{p.name}:{i}: {line.strip()}"
-            if "torch.load(" in line:
-                assert "weights_only=True" in line, where
-            if re.search(r"\bnp\.load\(", line):
-                assert "allow_pickle=False" in line, where
-            assert not re.search(r"pickle\.loads?\(|allow_pickle=True|weights_only=False|trust_remote_code=True",
-                                 line), where
+        text = p.read_text(encoding="utf-8")
+        for line, call, keywords in loading_calls(text):
+            found += 1
+            needed = ("weights_only", True) if call == "torch.load" else ("allow_pickle", False)
+            assert is_constant(keywords.get(needed[0]), needed[1]), f"{p.name}:{line}: {call} without {needed}"
+        assert not re.search(r"pickle\.loads?\(|allow_pickle=True|weights_only=False|trust_remote_code=True",
+                             text), p.name
+    assert found >= 3  # training.safe_load, rundir.load_npy, bench/speed.py
 
 
 def test_begin_stage_removes_what_a_killed_run_left(tmp_path):
@@ -325,14 +346,14 @@ def test_begin_stage_removes_what_a_killed_run_left(tmp_path):
     for name in ("meta.json", "pred.npy", "checkpoint.pt", ".features.npy.k2j4x9.tmp", ".hidden"):
         (out / name).write_bytes(b"x")
     (out / ".tokenizer.abc123.tmp").mkdir()
-    data.begin_stage(str(out), stale=("pred.npy",))
+    rundir.begin_stage(str(out), stale=("pred.npy",))
     assert sorted(os.listdir(out)) == [".hidden", "checkpoint.pt"]
 
 
 def test_atomic_write_temporary_name(tmp_path):
     seen = []
-    data.atomic_write(str(tmp_path / "a.npy"), lambda f: seen.extend(os.listdir(tmp_path)))
-    assert len(seen) == 1 and data.is_temporary(seen[0]) and seen[0].startswith(".a.npy.")
+    rundir.atomic_write(str(tmp_path / "a.npy"), lambda f: seen.extend(os.listdir(tmp_path)))
+    assert len(seen) == 1 and rundir.is_temporary(seen[0]) and seen[0].startswith(".a.npy.")
     assert os.listdir(tmp_path) == ["a.npy"]
 
 
@@ -383,7 +404,7 @@ def history(d):
 
 def check_resumed(out, epoch, resumed):
     assert f"resumed after epoch {epoch}" in resumed.stdout
-    assert not [p.name for p in out.iterdir() if data.is_temporary(p.name)]
+    assert not [p.name for p in out.iterdir() if rundir.is_temporary(p.name)]
     check_complete(out)
 
 

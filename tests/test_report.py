@@ -142,7 +142,7 @@ def test_report_exemplars_option_and_no_plot_without_asking(runs, tmp_path):
 
 
 def test_plot(runs, tmp_path):
-    pytest.importorskip("matplotlib")
+    """matplotlib is a test dependency (requirements-test.txt): this runs in CI, never skipped."""
     d = tmp_path / "run"
     shutil.copytree(runs.new_cluster, d)
     p = run("report.py", d, "--plot")

