@@ -156,3 +156,21 @@ def test_redocred_documents_give_the_sentence_level_set():
         ("P179:part of the series", "P179:series"), ("P190:twinned administrative body", "P190:sister city"),
         ("P364:original language of film or TV show", "P364:original language of work")}
     assert all(b.startswith(a + ":") for a, b in renamed if ":" not in a)
+
+
+def test_encode_reads_documents_and_reports_the_pairs_left_out(tiny_model, tmp_path):
+    import subprocess
+    import sys
+    names = tmp_path / "pid2name.json"
+    names.write_text(json.dumps({"P19": ["place of birth", "..."]}))
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, "encode.py", str(write(tmp_path, [DOC])), "--out", str(out), "--model",
+                        str(tiny_model), "--relation-names", str(names), "--quiet"],
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert ("pairs left out: 1 more than one relation, 1 no sentence holds a mention of both, "
+            "1 no evidence sentence holds a mention of both, 1 the two mentions overlap") in p.stdout
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["n_instances"] == 3 and sum(meta["docred_pairs_left_out"].values()) == 4
+    assert json.loads((out / "label_names.json").read_text()) == ["P112", "P19:place of birth", "P569"]
+    assert json.loads((out / "ids.json").read_text()) == ["0-0-1-0", "0-0-2-0", "0-3-4-2"]
