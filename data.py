@@ -3,14 +3,18 @@
 Every stage reads its input file through here, so that a file is read and checked in exactly one way
 (the run directory that the stages exchange is rundir.py).
 
-1. Readers.  Three formats, detected from the content (or named with --format):
+1. Readers.  Four formats, detected from the content (or named with --format):
      tacred  a JSON list of {token, subj_start, subj_end, obj_start, obj_end, subj_type, obj_type,
              relation?, id?}; spans are inclusive token indices.
      jsonl   the same objects, one per line.
      fewrel  {relation: [{tokens, h: [name, id, [[token indices], ...]], t: [...]}, ...]}; no entity
              types; the first mention of each entity is used.
+     docred  a JSON list of DocRED / Re-DocRED documents {title, sents, vertexSet, labels}: each
+             labelled (head, tail) pair gives one sentence-level instance (`docred_records`).
    Each record becomes an `Instance`.  A record that cannot be used stops the stage with a `DataError`
-   naming the file, the record (index and id) and the field.
+   naming the file, the record (index and id) and the field; with skip_invalid it is left out instead,
+   and the message is kept in `stats["invalid"]`.  Relation ids may be given names from a
+   pid2name.json-style file (`read_relation_names`): P17 becomes "P17:country".
 
 2. Marker injection (paper section 3.1).  The entity types are injected as new marker tokens around
    the head and the tail:  <h:PERSON> Obama </h:PERSON> was born in <t:CITY> Honolulu </t:CITY> .
@@ -22,7 +26,8 @@ Every stage reads its input file through here, so that a file is read and checke
 import json
 from dataclasses import dataclass
 
-FORMATS = ("tacred", "jsonl", "fewrel")
+
+FORMATS = ("tacred", "jsonl", "fewrel", "docred")
 
 
 class DataError(ValueError):
@@ -45,22 +50,48 @@ class Instance:
 
 
 def detect_format(text):
-    """'tacred' for a JSON list, 'fewrel' for a JSON object of lists, 'jsonl' for one object a line."""
+    """'tacred' for a JSON list, 'fewrel' for a JSON object of lists, 'jsonl' for one object a line.
+    (A list of DocRED documents is told from a TACRED list once parsed: `read_instances`.)"""
     head = text.lstrip()[:1]
     if head == "[":
         return "tacred"
     if head == "{":
         try:
             obj = json.loads(text)
-        except json.JSONDecodeError:
-            return "jsonl"  # several objects, one per line
+        except (json.JSONDecodeError, RecursionError):
+            return "jsonl"  # several objects, one per line (or too deep: the JSONL reader says so)
         # one JSONL record on one line, or a FewRel object of lists
         return "fewrel" if obj and all(isinstance(v, list) for v in obj.values()) else "jsonl"
     return None
 
 
-def read_instances(path, fmt=None):
-    """Read and check every record of `path`; returns a list of Instance."""
+def _is_docred(records):
+    return (isinstance(records, list) and bool(records) and isinstance(records[0], dict)
+            and {"sents", "vertexSet", "labels"} <= records[0].keys())
+
+
+def _parse(text, where, position=True):
+    """json.loads, any failure a one-line DataError (a file nested too deeply included)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        at = f" at line {e.lineno} column {e.colno}" if position else ""
+        raise DataError(f"{where}invalid JSON{at}: {e.msg}") from None
+    except RecursionError:
+        raise DataError(f"{where}invalid JSON: nested too deeply") from None
+
+
+_SKIPPED = object()  # a JSON line that was not JSON, left out with skip_invalid
+
+
+def read_instances(path, fmt=None, skip_invalid=False, relation_names=None, stats=None):
+    """Read and check every record of `path`; returns a list of Instance.
+
+    skip_invalid: a record that fails the checks is left out (its message in stats["invalid"])
+    instead of stopping with a DataError.  relation_names: {id: name} (read_relation_names).
+    stats: a dict to fill with "invalid" (messages) and, for DocRED, "left_out" ({reason: pairs})."""
+    stats = {} if stats is None else stats
+    stats["invalid"] = []
     try:
         with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is tolerated
             text = f.read()
@@ -70,39 +101,181 @@ def read_instances(path, fmt=None):
         raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
     if not text.strip():
         raise DataError(f"{path}: the file is empty")
+    named = fmt
     fmt = fmt or detect_format(text)
     if fmt not in FORMATS:
-        raise DataError(f"{path}: unknown format (expected a JSON list, JSON lines or a FewRel "
-                        f"object; or name one with --format {'/'.join(FORMATS)})")
+        raise DataError(f"{path}: unknown format (expected a JSON list, JSON lines, a FewRel object or "
+                        f"DocRED documents; or name one with --format {'/'.join(FORMATS)})")
+
+    def checked(make, i, r, *extra):
+        """make(path, i, r, *extra), or None (the message kept) for an invalid record when skipping."""
+        try:
+            return make(path, i, r, *extra)
+        except DataError as e:
+            if not skip_invalid:
+                raise
+            stats["invalid"].append(str(e))
+            return None
+
     if fmt == "jsonl":
-        records = []
+        records = []  # an invalid line skipped stays as None, so that records keep their numbers
         for line_no, line in enumerate(text.split("\n"), 1):  # not splitlines: JSON strings may hold U+2028
             if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}: line {line_no}: invalid JSON: {e.msg}") from None
+                records.append(checked(lambda p, i, r: [_parse(r, f"{p}: line {i}: ", False)], line_no, line))
+        records = [r[0] if r else _SKIPPED for r in records]
     else:
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        records = _parse(text, f"{path}: ")
+        if not named and _is_docred(records):
+            fmt = "docred"
+    out = []
     if fmt == "fewrel":
         if not isinstance(records, dict):
             raise DataError(f"{path}: FewRel data must be an object {{relation: [instances]}}")
-        out = []
+        i = 0
         for relation, items in records.items():
             if not isinstance(items, list):
                 raise DataError(f"{path}: relation {relation!r}: expected a list of instances")
             for r in items:
-                out.append(_fewrel_instance(path, len(out), r, relation))
+                out.append(checked(_fewrel_instance, i, r, relation))
+                i += 1
+    elif fmt == "docred":
+        if not isinstance(records, list):
+            raise DataError(f"{path}: DocRED data must be a JSON list of documents")
+        stats["left_out"] = {}
+        for d, doc in enumerate(records):
+            for r in checked(docred_records, d, doc, stats["left_out"]) or []:
+                out.append(checked(_tacred_instance, len(out), r))
     else:
         if not isinstance(records, list):
             raise DataError(f"{path}: expected a JSON list of records")
-        out = [_tacred_instance(path, i, r) for i, r in enumerate(records)]
+        out = [checked(_tacred_instance, i, r) for i, r in enumerate(records) if r is not _SKIPPED]
+    out = [x for x in out if x is not None]
     if not out:
-        raise DataError(f"{path}: no records")
+        raise DataError(f"{path}: no records" + (f" ({len(stats['invalid'])} invalid)" if stats["invalid"] else ""))
+    if relation_names:
+        for x in out:
+            x.relation = name_relation(x.relation, relation_names)
     return out
+
+
+def read_relation_names(path):
+    """{relation id: name} from a pid2name.json-style file ({"P17": ["country", description]}) or a
+    DocRED rel_info.json-style one ({"P17": "country"})."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            text = f.read()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    raw = _parse(text, f"{path}: ")
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: expected an object {{relation id: name or [name, description]}}")
+    names = {}
+    for k, v in raw.items():
+        name = v[0] if isinstance(v, list) and v else v
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(f"{path}: relation {k!r}: expected a name or [name, description], got {v!r}")
+        names[k] = name
+    return names
+
+
+def name_relation(relation, names):
+    """"P17" -> "P17:country" where `names` has it; anything else as it is."""
+    return f"{relation}:{names[relation]}" if relation in names else relation
+
+
+# DocRED's entity types, in the names the sentence-level sets use (MISC stays MISC)
+DOCRED_TYPES = {"PER": "PERSON", "ORG": "ORGANIZATION", "LOC": "LOCATION", "TIME": "DATE", "NUM": "NUMBER"}
+
+# why a labelled (head, tail) pair of a document gives no instance (counted in stats["left_out"])
+LEFT_OUT = {"relations": "more than one relation",
+            "evidence": "no evidence sentence holds a mention of both",
+            "sentence": "no sentence holds a mention of both",
+            "overlap": "the two mentions overlap"}
+
+
+def docred_records(path, d, doc, left_out):
+    """The TACRED-style records of DocRED document number `d`.
+
+    A (head, tail) pair labelled with exactly one relation gives one record: the first of the fact's
+    evidence sentences (in sentence order) that holds a mention of both entities, or, where the fact
+    lists no evidence, the first sentence that does; in that sentence the first mention of each (in
+    vertexSet order), with its type (DOCRED_TYPES).  Spans become inclusive.  The id is
+    "DOC-HEAD-TAIL-SENTENCE".  Pairs left out are counted in `left_out` by reason (LEFT_OUT)."""
+    where = f"{path}: document {d}"
+    if not isinstance(doc, dict):
+        raise DataError(f"{where}: expected an object, got {type(doc).__name__}")
+    if isinstance(doc.get("title"), str):
+        where += f" ({doc['title']})"
+    for field in ("sents", "vertexSet", "labels"):
+        if not isinstance(doc.get(field), list):
+            raise DataError(f"{where}: field '{field}' must be a list" if field in doc
+                            else f"{where}: missing field '{field}'")
+    sents = doc["sents"]
+    for s, tokens in enumerate(sents):
+        _check_tokens(where, tokens, f"sents[{s}]")
+    entities = []  # per entity: {sentence: (start, end, type)} of its first mention there
+    for e, mentions in enumerate(doc["vertexSet"]):
+        field = f"vertexSet[{e}]"
+        if not isinstance(mentions, list) or not mentions:
+            raise DataError(f"{where}: field '{field}' must be a non-empty list of mentions")
+        first = {}
+        for j, m in enumerate(mentions):
+            f = f"{field}[{j}]"
+            try:
+                s, (a, b), t = m["sent_id"], m["pos"], m["type"]
+            except (TypeError, KeyError, ValueError):
+                raise DataError(f"{where}: field '{f}' must be {{sent_id, pos: [start, end], type, ...}}") from None
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in (s, a, b)):
+                raise DataError(f"{where}: field '{f}': sent_id and pos must be integers")
+            if not 0 <= s < len(sents):
+                raise DataError(f"{where}: field '{f}.sent_id' = {s} is outside the {len(sents)} sentences")
+            if not 0 <= a < b <= len(sents[s]):
+                raise DataError(f"{where}: field '{f}.pos' = [{a}, {b}] is not a span of sentence {s} "
+                                f"({len(sents[s])} tokens)")
+            if not isinstance(t, str):
+                raise DataError(f"{where}: field '{f}.type' must be a string")
+            first.setdefault(s, (a, b - 1, DOCRED_TYPES.get(t, t)))
+        entities.append(first)
+    facts = {}  # (head, tail) -> the labels of the pair, in file order
+    for j, lab in enumerate(doc["labels"]):
+        f = f"labels[{j}]"
+        try:
+            h, t, r, evidence = lab["h"], lab["t"], lab["r"], lab.get("evidence", [])
+        except (TypeError, KeyError):
+            raise DataError(f"{where}: field '{f}' must be {{h, t, r, evidence}}") from None
+        for v, name in ((h, "h"), (t, "t")):
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < len(entities):
+                raise DataError(f"{where}: field '{f}.{name}' = {v!r} is not an entity of the "
+                                f"{len(entities)} in vertexSet")
+        if not isinstance(r, str):
+            raise DataError(f"{where}: field '{f}.r' must be a string")
+        if not isinstance(evidence, list) or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                     for s in evidence):
+            raise DataError(f"{where}: field '{f}.evidence' must be a list of sentence numbers")
+        facts.setdefault((h, t), []).append(lab)
+    records = []
+    for (h, t), labs in facts.items():
+        if len({lab["r"] for lab in labs}) > 1:
+            reason = "relations"
+        else:
+            shared = [s for s in range(len(sents)) if s in entities[h] and s in entities[t]]
+            evidence = labs[0].get("evidence", [])
+            ok = [s for s in sorted(evidence) if s in shared] if evidence else shared
+            reason = ("evidence" if evidence else "sentence") if not ok else None
+        if reason is None:
+            s = ok[0]
+            (hs, he, ht), (ts, te, tt) = entities[h][s], entities[t][s]
+            if hs <= te and ts <= he:
+                reason = "overlap"
+        if reason:
+            left_out[LEFT_OUT[reason]] = left_out.get(LEFT_OUT[reason], 0) + 1
+            continue
+        records.append({"id": f"{d}-{h}-{t}-{s}", "docid": doc.get("title"), "relation": labs[0]["r"],
+                        "token": sents[s], "subj_start": hs, "subj_end": he, "obj_start": ts, "obj_end": te,
+                        "subj_type": ht, "obj_type": tt})
+    return records
 
 
 def _where(path, i, record):

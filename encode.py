@@ -3,14 +3,16 @@
     python encode.py data/train.json --out runs/default/train --features
     python encode.py data/test.json  --out runs/default/test --tokenizer-from runs/default/train --features
 
-Reads a TACRED JSON, JSON lines or FewRel file (data.py) and a --model (a Hugging Face name or a
+Reads a TACRED JSON, JSON lines, FewRel or DocRED file (data.py) and a --model (a Hugging Face name or a
 local directory; default: the packaged all-MiniLM-L6-v2).  The marker vocabulary (<h:TYPE>, </h:TYPE>,
 <t:TYPE>, </t:TYPE> for every type in the data) is added to the tokenizer, which is saved with the run
 so that every later stage, and every other file encoded with --tokenizer-from, uses the same ids.
 
 A record that cannot be used stops the stage with one line naming the file, the record and the field
-(data.read_instances); one whose two entities do not fit in --max-length even after windowing is
-skipped and counted, or stops the stage with --strict.
+(data.read_instances), or with --skip-invalid is left out, counted (n_invalid) and named in the log;
+one whose two entities do not fit in --max-length even after windowing is skipped and counted, or
+stops the stage with --strict.  DocRED documents give one instance per labelled entity pair that
+shares a sentence; the pairs left out are counted by reason in the log and in meta.json.
 
 Writes into --out:
     tokenizer/                   the extended tokenizer
@@ -36,13 +38,14 @@ import tempfile
 
 import numpy as np
 
-from data import FORMATS, POOLINGS, DataError, encode_instance, marker_vocabulary, read_instances
+from data import (FORMATS, POOLINGS, DataError, encode_instance, marker_vocabulary, read_instances,
+                  read_relation_names)
 from rundir import Log, begin_stage, fail, file_digest, fingerprint, load_meta, save_json, save_npy
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("data", help="TACRED JSON, JSON lines or FewRel JSON file")
+    ap.add_argument("data", help="TACRED JSON, JSON lines, FewRel JSON or DocRED JSON file")
     ap.add_argument("--out", help="run directory to write (default: runs/<data file name>)")
     ap.add_argument("--format", choices=FORMATS, help="input format (default: detected from the content)")
     ap.add_argument("--model", help="Hugging Face name or local path (default: packaged all-MiniLM-L6-v2)")
@@ -54,6 +57,11 @@ def main():
     ap.add_argument("--max-length", type=int, default=128, help="subword tokens per instance, markers included")
     ap.add_argument("--strict", action="store_true",
                     help="fail on a record whose two entities do not fit in --max-length (default: skip it)")
+    ap.add_argument("--skip-invalid", action="store_true",
+                    help="leave out a record that fails validation, count it and name it in the log "
+                         "(default: stop with an error)")
+    ap.add_argument("--relation-names", metavar="FILE",
+                    help="name relation ids by a pid2name.json-style file: P17 becomes P17:country")
     ap.add_argument("--features", action="store_true", help="also write the frozen encoder's features.npy")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -69,8 +77,19 @@ def main():
     if args.model:
         check_model_dir(args.model)
 
-    instances = read_instances(args.data, args.format)
-    log(f"read {len(instances)} records from {args.data}")
+    names = read_relation_names(args.relation_names) if args.relation_names else None
+    stats = {}
+    instances = read_instances(args.data, args.format, args.skip_invalid, names, stats)
+    invalid = stats["invalid"]
+    if "left_out" in stats:
+        left_out = ", ".join(f"{n} {why}" for why, n in stats["left_out"].items()) or "none"
+        log(f"DocRED documents: {len(instances)} instances from labelled entity pairs; pairs left out: {left_out}")
+    if invalid:
+        log(f"skipped as invalid (--skip-invalid): {len(invalid)} records")
+        for message in invalid[:20]:
+            log(f"  {message}")
+        if len(invalid) > 20:
+            log(f"  ... and {len(invalid) - 20} more")
 
     # torch and transformers are imported once the data has been read, so a bad file is reported at once
     import torch
@@ -129,7 +148,8 @@ def main():
               "tail_end": np.array([e[4] for e in encoded], np.int32),
               "index": np.array(kept, np.int32)}
     kept_instances = [instances[i] for i in kept]
-    log(f"encoded {n} instances ({len(skipped)} skipped: entities beyond --max-length {args.max_length}), "
+    log(f"{len(instances) + len(invalid)} records read from {args.data}: {n} encoded, {len(skipped)} skipped for "
+        f"length (entities beyond --max-length {args.max_length}), {len(invalid)} skipped as invalid; "
         f"mean length {arrays['lengths'].mean():.1f} tokens, {len(marker_list)} markers")
     if skipped:
         log(f"skipped (--strict makes it an error): {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
@@ -139,9 +159,13 @@ def main():
     # everything below is written into a directory whose meta.json is removed first and written last
     begin_stage(out, stale=("features.npy", "labels.npy", "label_names.json", "type_pair.npy"))
     meta = {"stage": "encode", "source": os.path.abspath(args.data), "source_digest": file_digest(args.data),
-            "format": args.format, "model": model_name, "max_length": args.max_length,
-            "n_records": len(instances), "n_instances": n, "n_skipped": len(instances) - n,
+            "format": args.format, "skip_invalid": args.skip_invalid,
+            "relation_names": os.path.abspath(args.relation_names) if args.relation_names else None,
+            "model": model_name, "max_length": args.max_length,
+            "n_records": len(instances), "n_instances": n, "n_skipped": len(instances) - n, "n_invalid": len(invalid),
             "markers": marker_list, "pooling": pooling, "width": width}
+    if "left_out" in stats:
+        meta["docred_pairs_left_out"] = stats["left_out"]
     meta["fingerprint"] = fingerprint(meta)
     save_tokenizer(tokenizer, os.path.join(out, "tokenizer"))
     for name, a in arrays.items():

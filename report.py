@@ -49,7 +49,7 @@ from collections import Counter
 
 import numpy as np
 
-from data import DataError, read_instances
+from data import DataError, read_instances, read_relation_names
 from rundir import Log, atomic_write, check_source, fail, file_digest, load_json, load_meta, load_npy
 
 ALPHA = 0.5      # the smoothing count a of the log-odds ratio
@@ -169,7 +169,8 @@ def main():
     probs = np.asarray(load_npy(os.path.join(args.run, "probs.npy"), n))
     feats = np.asarray(load_npy(os.path.join(args.run, "features.npy"), n), np.float32)
     index = np.asarray(load_npy(os.path.join(data_dir, "index.npy"), n))
-    records = read_instances(meta["source"], meta["format"])
+    names = read_relation_names(meta["relation_names"]) if meta.get("relation_names") else None
+    records = read_instances(meta["source"], meta["format"], meta.get("skip_invalid", False), names)
     if file_digest(meta["source"]) != meta["source_digest"]:
         raise DataError(f"{meta['source']}: changed since {data_dir} was encoded from it; encode it again")
     instances = [records[i] for i in index]

@@ -1,7 +1,12 @@
 """Quality benchmark on real data: the method against the reference points, on a held-out 20 %.
 
-    python bench/quality.py                       # both sets in ../shared/data, about 40 min on 2 cores
+    python bench/quality.py                       # both sets, about 40 min on 2 cores
     python bench/quality.py --sets redocred --siamese-epochs 1 --cluster-epochs 1
+    python bench/quality.py --data-dir DIR        # the files in DIR
+
+It reads redocred_dev.json (sentence-level instances, TACRED JSON) and fewrel_val_wiki.json from
+--data-dir: by default ../shared/data where it is there, else data/real, where `python data/prepare.py
+redocred` and `python data/prepare.py fewrel` write them (downloaded, or --from a local copy).
 
 For each set it splits the file 80 / 20 with a fixed seed, runs the whole pipeline on the 80 %
 (encode, train_siamese, mine_neighbors, train_cluster at K = 10 and at K = the number of gold
@@ -110,9 +115,17 @@ def markdown(results, args):
     return "\n".join(lines)
 
 
+def default_data_dir():
+    """../shared/data beside the project where it is there, else data/real (data/prepare.py's)."""
+    shared = os.path.join(os.path.dirname(ROOT), "shared", "data")
+    return shared if os.path.isdir(shared) else os.path.join(ROOT, "data", "real")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data-dir", default=os.path.join(os.path.dirname(ROOT), "shared", "data"))
+    ap.add_argument("--data-dir", default=default_data_dir(),
+                    help="where redocred_dev.json and fewrel_val_wiki.json are (default: ../shared/data where "
+                         "present, else data/real)")
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out"))
     ap.add_argument("--siamese-epochs", type=int, default=2)
@@ -120,8 +133,10 @@ def main():
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    if not os.path.isdir(args.data_dir):
-        sys.exit(f"bench/quality.py: no benchmark data in {args.data_dir} (see ../shared/data/README.md)")
+    missing = [s for s in args.sets if not os.path.isfile(os.path.join(args.data_dir, SETS[s][0]))]
+    if missing:
+        sys.exit(f"bench/quality.py: {', '.join(SETS[s][0] for s in missing)} not in {args.data_dir}: write "
+                 + " and ".join(f"`python data/prepare.py {s}`" for s in missing) + " (README, \"Results\")")
     t0 = time.time()
     results = {name: bench_set(name, args) for name in args.sets}
     md = markdown(results, args) + f"\nTotal wall time: {time.time() - t0:.0f} s\n"

@@ -132,6 +132,42 @@ def test_bad_input(name, args, fragments, tiny_model, tmp_path):
     assert not out.exists()  # stopped before writing anything
 
 
+def test_json_nested_too_deeply_is_one_line(tiny_model, tmp_path):
+    """100,000 levels of '[' (json.loads raises RecursionError): the one-line error, no traceback."""
+    for name, text in (("deep.json", "[" * 100_000), ("deep.jsonl", '{"a": ' + "[" * 100_000 + "\n")):
+        path = tmp_path / name
+        path.write_text(text)
+        p = run("encode.py", path, "--model", tiny_model, "--out", tmp_path / "out", "--quiet", ok=False)
+        one_error_line(p, name, "invalid JSON", "nested too deeply")
+
+
+def test_skip_invalid_leaves_out_the_bad_record_of_10000(tiny_model, tmp_path):
+    """A TACRED file of 10,000 records whose record 6,789 has head and tail overlapping: without
+    --skip-invalid the one-line error; with it the record is left out, counted in meta.json and
+    named in the log with the reason, and the summary line gives every count."""
+    words = ["Ada", "Lovelace", "was", "born", "in", "London", "in", "1815", "."]
+    records = [{"id": f"r{i}", "token": words[:5] + [f"w{i}"] + words[6:], "subj_start": 0, "subj_end": 1,
+                "obj_start": 5, "obj_end": 5, "subj_type": "PERSON", "obj_type": "CITY", "relation": "born_in"}
+               for i in range(10_000)]
+    records[6789].update(obj_start=1, obj_end=2)
+    records[42]["token"] = ["Ada"] + ["x"] * 200 + words[1:]   # too long for --max-length 64 after windowing
+    records[42].update(subj_end=0, obj_start=206, obj_end=206)
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(records))
+    out = tmp_path / "out"
+    one_error_line(run("encode.py", path, "--model", tiny_model, "--out", out, "--quiet", ok=False),
+                   "record 6789 (id r6789)", "head and tail overlap")
+    p = run("encode.py", path, "--model", tiny_model, "--out", out, "--skip-invalid", "--max-length", "64",
+            "--quiet")
+    meta = read_json(out / "meta.json")
+    assert (meta["n_records"], meta["n_invalid"], meta["n_skipped"], meta["n_instances"]) == (9999, 1, 1, 9998)
+    assert "r6789" not in read_json(out / "ids.json") and "r6790" in read_json(out / "ids.json")
+    assert "record 6789 (id r6789): fields 'subj_start'..'subj_end' and 'obj_start'..'obj_end': head and tail " \
+           "overlap" in p.stdout
+    assert "10000 records read from" in p.stdout
+    assert "9998 encoded, 1 skipped for length (entities beyond --max-length 64), 1 skipped as invalid" in p.stdout
+
+
 def test_entities_beyond_max_length_are_skipped_and_counted(tiny_model, tmp_path, capsys):
     """Without --strict the record that does not fit is left out, counted and named."""
     in_process("encode", BAD / "entities_beyond_max_length.json", "--model", tiny_model,

@@ -52,10 +52,14 @@ def runs(tmp_path_factory, tiny_model, tiny_data):
     run("train_cluster.py", "--data", r.train, "--init", r.siamese, "--out", r.cluster, "--k", K,
         "--epochs", "1", "--batch-size", "16", "--quiet")
     run("report.py", r.cluster)
-    # a new file without labels: encoded with the training run's tokenizer, predicted, reported
+    # a new file without labels: encoded with the training run's tokenizer, predicted, reported; its
+    # record 5 is invalid (head and tail overlap), skipped with --skip-invalid, and report.py, which
+    # reads the file again, must skip it too
     r.new_records = [{k: v for k, v in rec.items() if k != "relation"} for rec in read_json(test_file)]
-    r.new_file.write_text(json.dumps(r.new_records), encoding="utf-8")
-    run("encode.py", r.new_file, "--out", r.new, "--tokenizer-from", r.train, "--quiet")
+    bad = dict(r.new_records[5], id="bad", obj_start=r.new_records[5]["subj_start"],
+               obj_end=r.new_records[5]["subj_start"])
+    r.new_file.write_text(json.dumps(r.new_records[:5] + [bad] + r.new_records[5:]), encoding="utf-8")
+    run("encode.py", r.new_file, "--out", r.new, "--tokenizer-from", r.train, "--skip-invalid", "--quiet")
     run("predict.py", "--model", r.cluster, "--data", r.new, "--out", r.new_cluster, "--quiet")
     r.new_log = run("report.py", r.new_cluster)
     return r
@@ -125,6 +129,9 @@ def test_report_on_training_run(runs):
 def test_predict_new_file_without_labels(runs):
     assert not (runs.new / "labels.npy").exists()
     assert (runs.new_cluster / "pred.npy").is_file()
+    meta = read_json(runs.new / "meta.json")
+    assert (meta["n_invalid"], meta["n_records"], meta["skip_invalid"]) == (1, len(runs.new_records), True)
+    assert "bad" not in read_json(runs.new / "ids.json")
     text = check_report(runs.new_cluster, runs.new, runs.new_records)
     assert "gold" not in text.lower()
     check_jsonl(runs.new_cluster, runs.new, runs.new_records)
