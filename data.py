@@ -22,6 +22,10 @@ Every stage reads its input file through here, so that a file is read and checke
    encoder's hidden states at the two *start* markers and the mean states of the two entities' own
    subwords, so `encode_instance` returns the positions of the start and of the closing markers.
    A sentence longer than --max-length is cut to a window centred on the two entities.
+
+3. Relation context.  Instances whose words between the two entities are the same (`context_key`) are
+   grouped; the training stages can take another member of an instance's group as its positive view
+   (--positives key), a positive pair that ties one relation across different entities.
 """
 import json
 from dataclasses import dataclass
@@ -424,3 +428,40 @@ def encode_instance(x, piece_ids, marker_ids, cls_id, sep_id, max_length):
         start = max(0, min(lo - (budget - (hi - lo + 1)) // 2, len(ids) - budget))
     ids = ids[start:start + budget]
     return [cls_id] + ids + [sep_id], head - start + 1, tail - start + 1, head_end - start + 1, tail_end - start + 1
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Relation context: which instances are likely to hold the same relation, from their words alone
+
+# function words left out of the words between the two entities (report.py's word statistics too)
+STOPWORDS = set("a an the and or but of to in on at by for with from as that this which who whom whose "
+                "is are was were be been being has have had it its he she his her they their them "
+                "'s also not".split())
+MAX_CONTEXT_WORDS = 4  # a longer span between the entities says too much to be shared by chance
+
+
+def context_key(x):
+    """The relation context of instance `x`: (head first?, the lower-cased words between the two entities
+    other than STOPWORDS, punctuation kept, head type, tail type), or None where nothing or more than
+    MAX_CONTEXT_WORDS words are left.  Two instances with the same key ("<h> , <t>" between two places,
+    "<h> was born in <t>") mostly hold the same relation though their entities differ: pairs of such
+    instances share the gold relation 83 % of the time on Re-DocRED and 75 % on FewRel, against 30 % and
+    7 % for random pairs of the same type pair (NOTES.md); 16-21 % of the instances share a key."""
+    (_, e1), (s2, _) = sorted((x.head, x.tail))
+    words = tuple(t.lower() for t in x.tokens[e1 + 1:s2] if t.lower() not in STOPWORDS)
+    if not words or len(words) > MAX_CONTEXT_WORDS:
+        return None
+    return x.head[0] < x.tail[0], words, x.head_type, x.tail_type
+
+
+def context_groups(instances):
+    """int32 group id per instance: instances sharing a context key share an id; -1 where none does."""
+    keys = [context_key(x) for x in instances]
+    counts = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    ids = {}
+    for k in keys:
+        if k is not None and counts[k] > 1 and k not in ids:
+            ids[k] = len(ids)
+    return [ids.get(k, -1) for k in keys]

@@ -25,6 +25,9 @@ Writes into --out:
     index.npy       int32 [N]    the record each instance comes from (records that do not fit are skipped)
     ids.json                     the records' ids
     type_pair.npy   int32 [N]    (head type, tail type) pair id, names in meta.json, when the data has types
+    context_key.npy int32 [N]    relation-context group (data.context_key): instances with the same words
+                                 between their entities share an id; -1 for an instance that shares it
+                                 with none.  The training stages' --positives key reads it
     labels.npy      int32 [N]    gold relation id, names in label_names.json, when every record has one;
                                  read by evaluate.py only
     features.npy  float32 [N, D] with --features: the frozen encoder's r (--pooling; D = 4 x hidden size
@@ -38,8 +41,8 @@ import tempfile
 
 import numpy as np
 
-from data import (FORMATS, POOLINGS, DataError, encode_instance, marker_vocabulary, read_instances,
-                  read_relation_names)
+from data import (FORMATS, POOLINGS, DataError, context_groups, encode_instance, marker_vocabulary,
+                  read_instances, read_relation_names)
 from rundir import Log, begin_stage, fail, file_digest, fingerprint, load_meta, save_json, save_npy
 
 
@@ -171,7 +174,12 @@ def main():
     for name, a in arrays.items():
         save_npy(os.path.join(out, name + ".npy"), a)
     save_json(os.path.join(out, "ids.json"), [x.id for x in kept_instances])
-    wrote = list(arrays) + ["ids", "tokenizer"]
+    groups = np.array(context_groups(kept_instances), np.int32)
+    save_npy(os.path.join(out, "context_key.npy"), groups)
+    meta["context_covered"] = round(float((groups >= 0).mean()), 4)
+    wrote = list(arrays) + ["ids", "context_key", "tokenizer"]
+    log(f"relation context: {meta['context_covered']:.1%} of the instances share their key with another "
+        f"({groups.max() + 1} groups)")
 
     if any(x.head_type or x.tail_type for x in kept_instances):
         pairs = [f"{x.head_type}-{x.tail_type}" for x in kept_instances]

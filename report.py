@@ -49,16 +49,13 @@ from collections import Counter
 
 import numpy as np
 
-from data import DataError, read_instances, read_relation_names
+from data import STOPWORDS, DataError, read_instances, read_relation_names
 from rundir import Log, atomic_write, check_source, fail, file_digest, load_json, load_meta, load_npy
 
 ALPHA = 0.5      # the smoothing count a of the log-odds ratio
 WINDOW = 3       # tokens either side of adjacent entities
 CONTEXT = 12     # words of an exemplar shown before the first entity and after the second
 MAX_GOLD_ROWS = 30  # relations shown in the gold x cluster table; the rest are summed in one row
-STOPWORDS = set("a an the and or but of to in on at by for with from as that this which who whom whose "
-                "is are was were be been being has have had it its he she his her they their them "
-                "'s also not".split())
 
 
 def words_between(x):

@@ -149,6 +149,8 @@ def load_encoded(d):
     n = meta["n_instances"]
     arrays = {name: load_npy(os.path.join(d, name + ".npy"), n)
               for name in ("input_ids", "lengths", "head_pos", "tail_pos", "head_end", "tail_end")}
+    if os.path.exists(os.path.join(d, "context_key.npy")):
+        arrays["context_key"] = load_npy(os.path.join(d, "context_key.npy"), n)
     return arrays, meta
 
 

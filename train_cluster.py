@@ -25,6 +25,7 @@ Under `torchrun --nproc_per_node=N train_cluster.py ...` each rank encodes 1/N o
 neighbours, and the losses run on the gathered batch (training.py, "Scale-out"): the same training as one
 process at the same --batch-size, except for the dropout masks; only rank 0 writes files.
 """
+import argparse
 import os
 import time
 
@@ -35,8 +36,9 @@ from data import DataError
 from mine_neighbors import mine
 from model import URE, scan_loss, train_top
 from rundir import check_source, fail, fingerprint, load_encoded, load_json, load_meta, load_npy, save_json, save_npy
-from training import (arguments, begin_training, device, distributed, encode_views, epochs, gather, load_model,
-                      optimizer_and_resume, represent_all, save_checkpoint, save_model, shard, step)
+from training import (arguments, begin_training, context_groups, device, distributed, encode_views, epochs, gather,
+                      load_model, optimizer_and_resume, partners, positive_views, represent_all, save_checkpoint,
+                      save_model, shard, step)
 
 
 def main():
@@ -45,6 +47,9 @@ def main():
     ap.add_argument("--k", type=int, default=10, help="number of clusters (papers: 10)")
     ap.add_argument("--entropy-weight", type=float, default=2.0, help="lambda of the entropy term")
     ap.add_argument("--siamese-weight", type=float, default=1.0, help="weight of the Siamese loss")
+    ap.add_argument("--context-neighbors", action=argparse.BooleanOptionalAction, default=True,
+                    help="with --positives key: an instance with a relation-context group takes its SCAN neighbour "
+                         "from that group (training.partners), the others from the mined neighbours")
     ap.add_argument("--remine-every", type=int, default=1, help="epochs between neighbour re-mining (0: never)")
     args = ap.parse_args()
     rank, world, log, settings = begin_training("cluster", args)
@@ -74,13 +79,17 @@ def main():
     if state:
         neighbors = state["neighbors"].numpy()
 
+    groups = context_groups(arrays, args)
     encoder = distributed(model.encoder, world)
     model.train()
     for epoch, rng, batches in epochs(args, arrays, start, rank, world, log):
         t0, sums, steps = time.time(), np.zeros(4), 0
         for b in batches:
             nb = neighbors[b, rng.integers(neighbors.shape[1], size=len(b))]
-            r1, r2 = encode_views(encoder, arrays, shard(b, rank, world), views=2)
+            if groups is not None and args.context_neighbors:
+                nb = np.where(groups[b] >= 0, partners(groups, b, rng), nb)
+            pb = None if groups is None else shard(partners(groups, b, rng), rank, world)
+            r1, r2 = positive_views(encoder, arrays, shard(b, rank, world), pb)
             r1, r2 = gather(r1, len(b), world), gather(r2, len(b), world)
             siam, _ = model.siamese(r1, r2)
             rn = gather(encode_views(encoder, arrays, shard(nb, rank, world))[0], len(b), world)

@@ -33,9 +33,9 @@ import numpy as np
 from data import DataError
 from model import URE, train_top, z_rank
 from rundir import fail, fingerprint, load_encoded, save_json, save_npy
-from training import (arguments, begin_training, bert_config, build_encoder, device, distributed, encode_views,
-                      epochs, gather, load_tokenizer, optimizer_and_resume, represent_all, save_checkpoint,
-                      save_model, shard, step)
+from training import (arguments, begin_training, bert_config, build_encoder, context_groups, device, distributed,
+                      epochs, gather, load_tokenizer, optimizer_and_resume, partners, positive_views, represent_all,
+                      save_checkpoint, save_model, shard, step)
 
 COLLAPSED = 0.2  # z_rank below this: the projections span under a fifth of the directions they could
 
@@ -59,12 +59,14 @@ def main():
     opt, sched, checkpoint, state = optimizer_and_resume(model, args, arrays, run_id, rank, log)
     start, history = (state["epoch"], state["history"]) if state else (0, [])
 
+    groups = context_groups(arrays, args)
     encoder = distributed(model.encoder, world)
     model.train()
     for epoch, rng, batches in epochs(args, arrays, start, rank, world, log):
         t0, losses, ranks = time.time(), [], []
         for b in batches:
-            r1, r2 = encode_views(encoder, arrays, shard(b, rank, world), views=2)
+            pb = None if groups is None else shard(partners(groups, b, rng), rank, world)
+            r1, r2 = positive_views(encoder, arrays, shard(b, rank, world), pb)
             loss, z = model.siamese(gather(r1, len(b), world), gather(r2, len(b), world))
             step(opt, sched, loss)
             losses.append(loss.item())

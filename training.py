@@ -142,6 +142,40 @@ def encode_views(encoder, arrays, idx, views=1, piece=8):
     return torch.cat(out, 1)[:, np.argsort(order)]
 
 
+def positive_views(encoder, arrays, b, pb=None):
+    """The two training-mode views (r1, r2) of the instances `b`, each [len(b), D]: without `pb`, the
+    same sentences twice, each with its own dropout mask (the paper); with it, r2 of b[i] is the
+    sentence pb[i] (`partners`: another sentence with the same relation context)."""
+    if pb is None:
+        r1, r2 = encode_views(encoder, arrays, b, views=2)
+        return r1, r2
+    r = encode_views(encoder, arrays, np.concatenate([b, pb]))[0]
+    return r[:len(b)], r[len(b):]
+
+
+def context_groups(arrays, args):
+    """encode.py's relation-context groups where --positives key asks for them, else None."""
+    if args.positives != "key":
+        return None
+    if "context_key" not in arrays:
+        raise DataError(f"{args.data}: no context_key.npy (encoded by an older version): run encode.py again "
+                        f"to use --positives key")
+    return np.asarray(arrays["context_key"])
+
+
+def partners(groups, b, rng):
+    """For each instance of `b`, a random other member of its relation-context group (`groups`:
+    encode.py's context_key.npy, -1 for none), or the instance itself where it has no group: the
+    second view of --positives key.  Drawn for the whole global batch, so every rank draws alike."""
+    out = np.array(b, copy=True)
+    for j, i in enumerate(b):
+        if groups[i] >= 0:
+            members = np.flatnonzero(groups == groups[i])
+            members = members[members != i]
+            out[j] = members[rng.integers(len(members))]
+    return out
+
+
 @torch.inference_mode()
 def represent(encoder, arrays, batches, head=None):
     """Eval-mode representations r of every instance (float32 [N, D]) and, with a cluster head,
@@ -247,6 +281,9 @@ def arguments(doc):
     ap.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the heads")
     ap.add_argument("--train-layers", type=int, default=2,
                     help="train only this many top layers of the encoder (0: all, embeddings too)")
+    ap.add_argument("--positives", choices=("dropout", "key"), default="dropout",
+                    help="second view of an instance: itself with other dropout masks, or another sentence "
+                         "with the same relation context (training.positive_views)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="go on from --out/checkpoint.pt")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
