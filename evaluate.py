@@ -15,9 +15,10 @@ their own clusters, all the others as one; the same as the first where there are
 one), or else estimates it from the first directory's features without labels (estimate_k.py).
 --k-scan adds a second table for each features.npy: K estimated on those features without labels
 (estimate_k.py), the gold number of relations, and k-means B3 F1 at the estimate, at K = 10, at the
-gold K, and the best over the estimate's scanned range, an ORACLE that reads the labels (evaluation
-only: nothing chooses K with it).  All directories must be outputs on the same data as it is now (the fingerprints
-in their meta.json are checked: one made before the data was encoded again is refused).  Prints one
+gold K, and the best over the K that the estimate scanned (k-means with 3 restarts at each), an
+ORACLE that reads the labels (evaluation only: nothing chooses K with it).
+All directories must be outputs on the same data as it is now (the fingerprints in their meta.json
+are checked: one made before the data was encoded again is refused).  Prints one
 table: B3 P/R/F1 (metrics.b3), V-measure homogeneity/completeness/V (metrics.v_measure) and ARI
 (metrics.ari), in percent; writes the rows to metrics.json in the first directory (or --out).
 """
