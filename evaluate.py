@@ -1,25 +1,36 @@
 """Stage 6: score clusterings against the gold relations (the only stage that reads labels.npy).
 
     python evaluate.py runs/default/test_cluster runs/default/test_siamese runs/default/test --k 10
+    python evaluate.py runs/default/test_siamese runs/default/test --k auto --k-scan
 
 Each directory given is an encoded data directory (encode.py) or a model's output on one
 (train_siamese.py, train_cluster.py, predict.py: their meta.json names the data directory).  It gives
 one row per clustering it holds:
     pred.npy       the clustering head's clusters, scored as they are;
     features.npy   clustered with k-means (K = --k) on L2-normalised features.
-Beside them, whenever the data has entity types, the reference point "one cluster per (head type,
-tail type) pair".  All directories must be outputs on the same data as it is now (the fingerprints
-in their meta.json are checked: one made before the data was encoded again is refused).  Prints one
+Beside them, whenever the data has entity types, the reference points "one cluster per (head type,
+tail type) pair" (any number of clusters) and "type pairs held to K" (the K - 1 largest type pairs as
+their own clusters, all the others as one; the same as the first where there are at most K type pairs).
+--k auto takes K from the clustering head (the width of probs.npy in the first directory that has
+one), or else estimates it from the first directory's features without labels (estimate_k.py).
+--k-scan adds a second table for each features.npy: K estimated on those features without labels
+(estimate_k.py), the gold number of relations, and k-means B3 F1 at the estimate, at K = 10, at the
+gold K, and the best over the K that the estimate scanned (k-means with 3 restarts at each), an
+ORACLE that reads the labels (evaluation only: nothing chooses K with it).
+All directories must be outputs on the same data as it is now (the fingerprints in their meta.json
+are checked: one made before the data was encoded again is refused).  Prints one
 table: B3 P/R/F1 (metrics.b3), V-measure homogeneity/completeness/V (metrics.v_measure) and ARI
 (metrics.ari), in percent; writes the rows to metrics.json in the first directory (or --out).
 """
 import argparse
 import os
+import time
 
 import numpy as np
 
 from data import DataError
-from metrics import score
+from estimate_k import estimate_k
+from metrics import b3, score
 from model import kmeans
 from rundir import Log, check_source, fail, load_meta, load_npy, save_json
 
@@ -32,6 +43,68 @@ def data_dir(d):
     return (d if meta["stage"] == "encode" else meta["data"]), meta
 
 
+def type_pairs_held_to(type_pair, k):
+    """The K - 1 largest type pairs as their own clusters and all the other type pairs as one cluster
+    (ties in size: the lower type-pair id first); the type pairs as they are where there are at most K."""
+    type_pair = np.asarray(type_pair)
+    ids, counts = np.unique(type_pair, return_counts=True)
+    if len(ids) <= k:
+        return type_pair.copy()
+    keep = ids[np.lexsort((ids, -counts))[:k - 1]]
+    out = np.full(type_pair.shape, k - 1, dtype=np.int64)  # the rest together
+    for c, t in enumerate(keep):
+        out[type_pair == t] = c
+    return out
+
+
+def unit(f):
+    f = np.asarray(f, np.float32)
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+
+def features_of(d, n):
+    path = os.path.join(d, "features.npy")
+    return unit(load_npy(path, n)) if os.path.exists(path) else None
+
+
+def auto_k(runs, n, seed, log):
+    """--k auto: the clustering head's K (the width of the first probs.npy), or else K estimated
+    without labels from the first directory's features (estimate_k.estimate_k)."""
+    for d in runs:
+        if os.path.exists(os.path.join(d, "probs.npy")):
+            k = int(load_npy(os.path.join(d, "probs.npy"), n).shape[1])
+            log(f"--k auto: K = {k}, the clustering head's in {d}")
+            return k
+    for d in runs:
+        f = features_of(d, n)
+        if f is not None:
+            k, _ = estimate_k(f, seed=seed, log=log)
+            log(f"--k auto: K = {k}, estimated without labels from {d}/features.npy")
+            return k
+    raise DataError(f"--k auto: none of {runs} holds probs.npy or features.npy")
+
+
+def k_scan(f, labels, seed, log, restarts=3):
+    """For one features matrix: K estimated without labels, the gold K, and k-means B3 F1 at the estimate,
+    at 10 and at the gold K (k-means as in the main table) and at every K of the estimate's range (with
+    `restarts` restarts each): the oracle's best, which reads the labels (evaluation only)."""
+    t0 = time.time()
+    k_est, curve = estimate_k(f, seed=seed, log=log)
+    seconds = round(time.time() - t0, 1)
+    log(f"K = {k_est} estimated without labels in {seconds} s")
+    gold = len(np.unique(labels))
+    b3_at = {k: b3(labels, kmeans(f, k, seed, restarts=restarts))[2] for k in curve["k"]}
+    for k in {k_est, 10, gold}:  # as the main table's k-means rows (10 restarts)
+        if k <= len(f):
+            b3_at[k] = b3(labels, kmeans(f, k, seed))[2]
+    best = max(curve["k"], key=lambda k: (b3_at[k], -k))
+    return {"k_estimated": k_est, "k_gold": gold, "b3_f1_at_estimate": b3_at[k_est], "b3_f1_at_10": b3_at.get(10),
+            "b3_f1_at_gold": b3_at.get(gold), "oracle_best_b3_f1": b3_at[best], "oracle_best_k": best,
+            "k_range": [curve["k"][0], curve["k"][-1]], "scan_restarts": restarts, "estimate_seconds": seconds,
+            "silhouette_curve": curve,
+            "b3_f1_by_k": {str(k): v for k, v in sorted(b3_at.items())}}
+
+
 def rows_of(d, k, seed, n):
     """(name, predicted clusters) for each clustering held by directory `d`."""
     _, meta = data_dir(d)
@@ -40,9 +113,8 @@ def rows_of(d, k, seed, n):
     rows = []
     if os.path.exists(os.path.join(d, "pred.npy")):
         rows.append(("clustering head (the method)", np.asarray(load_npy(os.path.join(d, "pred.npy"), n))))
-    if os.path.exists(os.path.join(d, "features.npy")):
-        f = np.asarray(load_npy(os.path.join(d, "features.npy"), n), np.float32)
-        f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    f = features_of(d, n)
+    if f is not None:
         rows.append((f"k-means, {what}", kmeans(f, k, seed)))
     if not rows:
         raise DataError(f"{d}: holds neither pred.npy nor features.npy")
@@ -52,7 +124,10 @@ def rows_of(d, k, seed, n):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", help="directories holding pred.npy and/or features.npy")
-    ap.add_argument("--k", type=int, default=10, help="clusters for k-means (papers: 10)")
+    ap.add_argument("--k", default="10", help="clusters for k-means and for 'type pairs held to K' (papers: 10); "
+                    "auto: the clustering head's K, or estimated without labels (estimate_k.py)")
+    ap.add_argument("--k-scan", action="store_true", help="also the table of K estimated without labels "
+                    "against the gold K and the oracle's best K, for each features.npy")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="JSON file for the rows (default: metrics.json in the first directory)")
     args = ap.parse_args()
@@ -73,11 +148,21 @@ def main():
     labels = np.asarray(load_npy(os.path.join(data, "labels.npy"), n))
     log(f"read gold relations of {n} instances ({len(np.unique(labels))} relations) from {data}")
 
+    if args.k == "auto":
+        k = auto_k(args.runs, n, args.seed, log)
+    else:
+        try:
+            k = int(args.k)
+        except ValueError:
+            raise DataError(f"--k {args.k!r}: give a number of clusters or auto") from None
     rows = []
     if os.path.exists(os.path.join(data, "type_pair.npy")):
-        rows.append(("one cluster per type pair", np.asarray(load_npy(os.path.join(data, "type_pair.npy"), n))))
+        type_pair = np.asarray(load_npy(os.path.join(data, "type_pair.npy"), n))
+        rows.append(("one cluster per type pair", type_pair))
+        if k >= 1:
+            rows.append(("type pairs held to K", type_pairs_held_to(type_pair, k)))
     for d in args.runs:
-        rows += rows_of(d, args.k, args.seed, n)
+        rows += rows_of(d, k, args.seed, n)
 
     results = []
     print(f"\n{'':34} {'K':>4} | {'B3 P':>5} {'B3 R':>5} {'B3 F1':>5} | {'V hom':>5} {'V com':>5} "
@@ -89,8 +174,26 @@ def main():
               f"{100 * s['b3_f1']:5.1f} | {100 * s['v_homogeneity']:5.1f} {100 * s['v_completeness']:5.1f} "
               f"{100 * s['v_measure']:5.1f} | {100 * s['ari']:5.1f}")
     print()
+    scans = []
+    if args.k_scan:
+        for d, (_, m) in zip(args.runs, sources):
+            f = features_of(d, n)
+            if f is None:
+                continue
+            stage = m.get("model_stage", m["stage"])
+            scans.append({"name": f"k-means, {ROW_NAMES.get(stage, stage)}", "dir": d,
+                          **k_scan(f, labels, args.seed, log)})
+        print("K without labels: estimated on each features.npy (the estimate reads no labels); k-means B3 F1 at "
+              "that K, at 10, at the gold K, and the best over the scanned range, an ORACLE (reads the labels)")
+        print(f"{'':34} {'K est':>5} {'gold':>4} | {'at est':>6} {'at 10':>6} {'at gold':>7} | {'oracle best (K)':>15}")
+        for s in scans:
+            cell = lambda v: f"{100 * v:.1f}" if v is not None else "-"
+            print(f"{s['name']:34} {s['k_estimated']:5d} {s['k_gold']:4d} | {cell(s['b3_f1_at_estimate']):>6} "
+                  f"{cell(s['b3_f1_at_10']):>6} {cell(s['b3_f1_at_gold']):>7} | "
+                  f"{cell(s['oracle_best_b3_f1']):>8} ({s['oracle_best_k']})")
+        print()
     out = args.out or os.path.join(args.runs[0], "metrics.json")
-    save_json(out, {"data": data, "k": args.k, "n": n, "rows": results})
+    save_json(out, {"data": data, "k": k, "n": n, "rows": results, **({"k_scan": scans} if args.k_scan else {})})
     log.done(out)
 
 

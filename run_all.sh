@@ -3,6 +3,7 @@
 #
 #   bash run_all.sh                                 # the embedded default: data/ and the packaged MiniLM
 #   bash run_all.sh --train T.json --test E.json --model bert-base-uncased --k 10 --out runs/mine
+#   bash run_all.sh --k auto      # K estimated without labels from the Siamese features (estimate_k.py)
 #
 # Every setting is a flag or an environment variable of the same name in capitals (TRAIN, TEST, MODEL,
 # K, SIAMESE_EPOCHS, CLUSTER_EPOCHS, TRAIN_LAYERS, MAX_LENGTH, SEED, OUT, PYTHON, QUIET).  Each stage
@@ -14,7 +15,7 @@ cd "$(dirname "$0")"
 TRAIN=${TRAIN:-data/train.json}
 TEST=${TEST:-data/test.json}
 MODEL=${MODEL:-}                  # empty: the packaged all-MiniLM-L6-v2
-K=${K:-10}
+K=${K:-10}                        # auto: estimated by train_cluster.py, without labels (estimate_k.py)
 SIAMESE_EPOCHS=${SIAMESE_EPOCHS:-3}
 CLUSTER_EPOCHS=${CLUSTER_EPOCHS:-3}
 TRAIN_LAYERS=${TRAIN_LAYERS:-2}   # top encoder layers trained; 0: all (README, "Choices")

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from data import DataError
+from estimate_k import estimate_k, record
 from mine_neighbors import mine
 from model import URE, scan_loss, train_top
 from rundir import check_source, fail, fingerprint, load_encoded, load_json, load_meta, load_npy, save_json, save_npy
@@ -44,7 +45,8 @@ from training import (arguments, begin_training, context_groups, device, distrib
 def main():
     ap = arguments(__doc__)
     ap.add_argument("--init", required=True, help="Siamese stage directory with model.pt and neighbors.npy")
-    ap.add_argument("--k", type=int, default=10, help="number of clusters (papers: 10)")
+    ap.add_argument("--k", default="10", help="number of clusters (papers: 10); auto: estimated without labels "
+                    "from the Siamese features (estimate_k.py), recorded in meta.json")
     ap.add_argument("--entropy-weight", type=float, default=2.0, help="lambda of the entropy term")
     ap.add_argument("--siamese-weight", type=float, default=1.0, help="weight of the Siamese loss")
     ap.add_argument("--context-neighbors", action=argparse.BooleanOptionalAction, default=True,
@@ -64,6 +66,19 @@ def main():
     neighbors = np.array(load_npy(os.path.join(args.init, "neighbors.npy"), n))
     log(f"read {n} encoded instances from {args.data}, model and {neighbors.shape[1]} neighbours each from {args.init}")
 
+    k_estimate = None
+    if args.k == "auto":  # label-free: the silhouette curve of the Siamese features (estimate_k.py)
+        t0 = time.time()
+        args.k, curve = estimate_k(load_npy(os.path.join(args.init, "features.npy"), n), seed=args.seed, log=log)
+        k_estimate = record(args.k, curve, features=os.path.abspath(os.path.join(args.init, "features.npy")),
+                            seconds=round(time.time() - t0, 1))
+        log(f"--k auto: K = {args.k}, estimated without labels from the Siamese features "
+            f"(scanned K = {curve['k'][0]}..{curve['k'][-1]}, {k_estimate['seconds']} s)")
+    else:
+        try:
+            args.k = int(args.k)
+        except ValueError:
+            raise DataError(f"--k {args.k!r}: give a number of clusters or auto") from None
     siamese, config = load_model(os.path.join(args.init, "model.pt"))
     model = URE(siamese.encoder.bert, config["proj_dim"], config["pred_dim"], args.k, pooling=config["pooling"])
     model.projector.load_state_dict(siamese.projector.state_dict())
@@ -127,7 +142,8 @@ def main():
     save_json(os.path.join(args.out, "meta.json"),
               {"stage": "cluster", "data": os.path.abspath(args.data), "data_fingerprint": data_meta["fingerprint"],
                "init": os.path.abspath(args.init), "n_instances": n, "settings": settings, "history": history,
-               "cluster_sizes": sizes.tolist(), "fingerprint": run_id, "seconds": round(log.elapsed(), 1)})
+               "cluster_sizes": sizes.tolist(), "fingerprint": run_id, "seconds": round(log.elapsed(), 1),
+               "k": args.k, **({"k_estimate": k_estimate} if k_estimate else {})})
     log.done(f"model.pt, features.npy {feats.shape}, probs.npy, pred.npy, checkpoint.pt and meta.json to {args.out}")
 
 

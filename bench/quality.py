@@ -15,7 +15,12 @@ relations), predicts the 20 % with the trained models, and scores, at both K:
     (b) k-means on the frozen encoder's features;
     (c) k-means on the Siamese features;
     (d) the clustering head (the method);
-    (e) k-means on the final features.
+    (e) k-means on the final features;
+    (f) type pairs held to K (the K - 1 largest type pairs, the rest together), where there are types.
+Then, for the frozen, Siamese and final (K = 10 run) features of the 20 %, K without labels
+(evaluate.py --k-scan): K estimated by estimate_k.py (no labels), the gold number of relations, and
+k-means B3 F1 at the estimate, at K = 10, at the gold K and the best over the scanned range (an ORACLE
+that reads the labels, evaluation only).
 Same run, same split, same seed.  Every setting is fixed before the run: nothing here, and nothing
 in the pipeline, looks at the gold labels except evaluate.py.  Writes bench/out/quality.json and
 bench/out/quality.md, and prints the wall time of each stage.
@@ -63,12 +68,15 @@ def run(cmd, times, label):
     times[label] = round(times.get(label, 0) + time.time() - t, 1)
 
 
-def evaluate(dirs, k, out, times):
+def evaluate(dirs, k, out, times, k_scan=False):
     t = time.time()
-    subprocess.run([sys.executable, "evaluate.py", *dirs, "--k", str(k), "--out", out], cwd=ROOT, check=True)
-    times["evaluate"] = round(times.get("evaluate", 0) + time.time() - t, 1)
+    subprocess.run([sys.executable, "evaluate.py", *dirs, "--k", str(k), "--out", out, *(["--k-scan"] if k_scan else [])],
+                   cwd=ROOT, check=True)
+    label = "evaluate --k-scan" if k_scan else "evaluate"
+    times[label] = round(times.get(label, 0) + time.time() - t, 1)
     with open(out) as f:
-        return json.load(f)["rows"]
+        m = json.load(f)
+    return m["k_scan"] if k_scan else m["rows"]
 
 
 def bench_set(name, args):
@@ -95,9 +103,12 @@ def bench_set(name, args):
         rows = evaluate([f"{out}/test_cluster_k{k}", f"{out}/test_siamese", f"{out}/test"], k,
                         f"{out}/metrics_k{k}.json", times)
         table[k] = rows
+    k_scan = evaluate([f"{out}/test_cluster_k10", f"{out}/test_siamese", f"{out}/test"], 10, f"{out}/metrics_kscan.json",
+                      times, k_scan=True)
+    k_scan = [{key: v for key, v in s.items() if key != "silhouette_curve"} for s in k_scan]
     with open(f"{out}/train/meta.json") as f:
         pooling = json.load(f)["pooling"]
-    return {"data": file, "n_gold": n_gold, "pooling": pooling, "times": times, "table": table}
+    return {"data": file, "n_gold": n_gold, "pooling": pooling, "times": times, "table": table, "k_scan": k_scan}
 
 
 def markdown(results, args):
@@ -109,6 +120,19 @@ def markdown(results, args):
                       "| | B3 P | B3 R | B3 F1 | V hom | V com | V F1 | ARI |", "|---|---|---|---|---|---|---|---|"]
             for row in rows:
                 lines.append(f"| {row['name']} | " + " | ".join(f"{100 * row[m]:.1f}" for m in METRICS) + " |")
+            lines.append("")
+        if r.get("k_scan"):
+            lines += [f"**{r['data']}, K without labels** (estimated by estimate_k.py, which reads no labels; the last "
+                      "column is an ORACLE that reads them, evaluation only)", "",
+                      "| k-means on | K estimated | gold K | B3 F1 at the estimate | at K = 10 | at the gold K | "
+                      "oracle: best over the range (K) |", "|---|---|---|---|---|---|---|"]
+            for s in r["k_scan"]:
+                cell = lambda v: f"{100 * v:.1f}" if v is not None else "-"
+                what = s["name"].replace("k-means, ", "") + (" (K = 10 run)" if "final" in s["name"] else "")
+                lines.append(f"| {what} | {s['k_estimated']} | {s['k_gold']} | {cell(s['b3_f1_at_estimate'])} | "
+                             f"{cell(s['b3_f1_at_10'])} | {cell(s['b3_f1_at_gold'])} | "
+                             f"{cell(s['oracle_best_b3_f1'])} ({s['oracle_best_k']}, range {s['k_range'][0]}.."
+                             f"{s['k_range'][1]}) |")
             lines.append("")
         lines.append("Wall time per stage (s): " + ", ".join(f"{s} {t}" for s, t in r["times"].items()))
         lines.append("")

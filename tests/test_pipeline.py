@@ -463,8 +463,8 @@ def test_predict_refuses_other_marker_vocabulary(pipe, tmp_path):
 # ---- evaluate.py --------------------------------------------------------------------------------------
 
 
-ROWS = ["one cluster per type pair", "clustering head (the method)", "k-means, final features",
-        "k-means, Siamese features", "k-means, frozen encoder"]
+ROWS = ["one cluster per type pair", "type pairs held to K", "clustering head (the method)",
+        "k-means, final features", "k-means, Siamese features", "k-means, frozen encoder"]
 
 
 def test_evaluate_table_and_metrics(pipe):
@@ -527,7 +527,7 @@ def test_run_all_end_to_end(tiny_model, tiny_data, tmp_path):
                  "one cluster per type pair"):
         assert name in p.stdout
     m = read_json(out / "metrics.json")
-    assert len(m["rows"]) == 5 and [r["name"] for r in m["rows"]] == ROWS
+    assert len(m["rows"]) == 6 and [r["name"] for r in m["rows"]] == ROWS
     assert m["k"] == K and m["n"] == len(read_json(test))
     for d in ("train", "test", "siamese", "cluster", "test_cluster", "test_siamese"):
         assert (out / d / "meta.json").is_file(), d

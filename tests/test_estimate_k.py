@@ -1,0 +1,267 @@
+"""estimate_k.py (K without labels), train_cluster.py --k auto, and evaluate.py's "type pairs held to K"
+row and --k-scan table."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import estimate_k
+from evaluate import type_pairs_held_to
+from metrics import score
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+       "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS", "1")}
+
+
+def run(*args, ok=True, timeout=300):
+    cmd = [sys.executable, *map(str, args)]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=ENV)
+    if ok:
+        assert p.returncode == 0, f"{' '.join(cmd)} exited {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    return p
+
+
+def blobs(k, n, dim=64, spread=0.08, seed=0):
+    """n points around k random directions of the unit sphere in `dim` dimensions."""
+    rng = np.random.default_rng(seed)
+    centres = estimate_k.normalise(rng.normal(size=(k, dim)))
+    labels = rng.integers(k, size=n)
+    return (centres[labels] + spread * rng.normal(size=(n, dim))).astype(np.float32), labels
+
+
+def write_features(d, x):
+    d.mkdir(parents=True, exist_ok=True)
+    np.save(d / "features.npy", np.asarray(x, np.float32))
+    return d
+
+
+# ---- the estimate ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k, k_min, bandwidth", [(3, 2, 0), (7, 2, 0), (7, 2, estimate_k.BANDWIDTH),
+                                                (20, estimate_k.K_MIN, estimate_k.BANDWIDTH)])
+def test_recovers_the_number_of_well_separated_clusters(k, k_min, bandwidth):
+    """Blobs on the sphere.  (The smoothing can move a sharp peak by one: 3 blobs give 2 with the default
+    bandwidth, the price of a smoothing that the real curves need; and k-means with 2 restarts can miss a
+    blob's split, so other draws of 7 blobs give 6 or 8: see the README.)"""
+    x, _ = blobs(k, (150 if k < 10 else 100) * k, seed=k)
+    est, curve = estimate_k.estimate_k(x, k_min, 40, seed=0, bandwidth=bandwidth)
+    assert est == k, curve["silhouette"]
+    assert curve["k"] == estimate_k.scan_ks(k_min, 40) and len(curve["silhouette"]) == len(curve["smoothed"])
+    assert not curve["weak"]
+
+
+def test_subsample_where_n_is_large():
+    x, _ = blobs(7, 3000, spread=0.05, seed=3)
+    est, curve = estimate_k.estimate_k(x, 2, 20, seed=0, sample=800)
+    assert est == 7 and curve["n"] == 3000 and curve["sample"] == 800
+
+
+def test_reads_no_labels_and_is_repeatable():
+    """The function sees only the features; the same seed gives the same answer."""
+    x, _ = blobs(5, 600, seed=2)
+    a, b = estimate_k.estimate_k(x, 2, 15, seed=3), estimate_k.estimate_k(x.copy(), 2, 15, seed=3)
+    assert a == b
+
+
+def test_silhouette_matches_the_definition():
+    """Cosine-distance silhouette, checked against a direct O(N^2) loop (singletons score 0)."""
+    rng = np.random.default_rng(0)
+    x = estimate_k.normalise(rng.normal(size=(40, 5)))
+    assign = rng.integers(4, size=40)
+    assign[0] = 4  # a singleton
+    d = 1 - x @ x.T
+    s = []
+    for i in range(40):
+        own = assign == assign[i]
+        if own.sum() == 1:
+            s.append(0.0)
+            continue
+        a = d[i, own].sum() / (own.sum() - 1)
+        b = min(d[i, assign == c].mean() for c in set(assign.tolist()) if c != assign[i])
+        s.append((b - a) / max(a, b))
+    xt = torch.from_numpy(x)
+    assert estimate_k.silhouette(xt @ xt.T, assign, 5) == pytest.approx(np.mean(s), abs=1e-5)
+
+
+def test_scan_ks():
+    assert estimate_k.scan_ks(10, 100)[:21] == list(range(10, 31))
+    assert estimate_k.scan_ks(10, 100)[21:] == list(range(32, 61, 2)) + list(range(65, 101, 5))
+    assert estimate_k.scan_ks(2, 7) == list(range(2, 8)) and estimate_k.scan_ks(10, 100, every=True) == list(range(10, 101))
+    assert estimate_k.scan_ks(33, 40) == [33, 34, 36, 38, 40]
+
+
+def test_smooth():
+    ks = list(range(2, 12))
+    v = np.arange(10, dtype=float)
+    assert np.allclose(estimate_k.smooth(ks, v, 0), v)
+    assert np.allclose(estimate_k.smooth(ks, np.ones(10), 3), 1)
+
+
+def test_one_cluster_is_flagged_weak_not_a_crash():
+    rng = np.random.default_rng(0)
+    centre = estimate_k.normalise(rng.normal(size=(1, 64)))
+    x = centre + 0.1 * rng.normal(size=(500, 64))
+    est, curve = estimate_k.estimate_k(x, 2, 30, seed=0)
+    assert 2 <= est <= 30 and curve["weak"]  # K = 1 cannot be scored; the weak flag says so
+
+
+def test_range_is_clipped_to_n():
+    x, _ = blobs(3, 20, seed=4)
+    notes = []
+    est, curve = estimate_k.estimate_k(x, k_max=100, seed=0, log=notes.append)
+    assert curve["k"] == list(range(10, 20)) and 10 <= est <= 19
+    assert "only 20 instances" in curve["note"] and notes == [curve["note"]]
+    _, curve = estimate_k.estimate_k(x, 1, 5, seed=0)
+    assert curve["k"][0] == 2 and "cannot be scored" in curve["note"]
+
+
+@pytest.mark.parametrize("n, k_min, k_max, msg", [(2, 2, 100, "at least 3"), (1, 2, 100, "at least 3"),
+                                                  (10, 12, 20, "leaves nothing to scan"),
+                                                  (8, estimate_k.K_MIN, 100, "leaves nothing to scan")])
+def test_too_few_instances_is_a_clear_error(n, k_min, k_max, msg):
+    with pytest.raises(estimate_k.DataError, match=msg):
+        estimate_k.estimate_k(np.ones((n, 4), np.float32), k_min, k_max)
+
+
+# ---- the stage -------------------------------------------------------------------------------------
+
+
+def test_stage_writes_k_json_and_plot(tmp_path):
+    x, _ = blobs(7, 1050, seed=7)
+    d = write_features(tmp_path / "run", x)
+    (d / "labels.npy").write_bytes(b"not an array")  # never read: the estimate needs no labels
+    p = run("estimate_k.py", d, "--k-min", "2", "--k-max", "30", "--plot")
+    assert "estimated K = 7" in p.stdout and "no labels are read" in p.stdout
+    m = json.loads((d / "k.json").read_text())
+    c = m["curve"]
+    assert m["k"] == 7 and c["k"] == list(range(2, 31))
+    assert m["k"] == c["k"][int(np.argmax(c["smoothed"]))]
+    assert len(c["silhouette"]) == 29 and m["seconds"] >= 0 and m["n"] == 1050 and m["weak"] is False
+    assert (d / "k.png").stat().st_size > 0
+    assert not [f for f in os.listdir(d) if f.endswith(".tmp")]
+
+
+def test_stage_on_too_few_instances_and_one_cluster(tmp_path):
+    d = write_features(tmp_path / "tiny", np.eye(2, 8))
+    p = run("estimate_k.py", d, ok=False)
+    assert p.returncode == 2 and "at least 3" in p.stderr and not (d / "k.json").exists()
+    rng = np.random.default_rng(0)
+    centre = estimate_k.normalise(rng.normal(size=(1, 64)))
+    d = write_features(tmp_path / "one", centre + 0.1 * rng.normal(size=(500, 64)))
+    p = run("estimate_k.py", d, "--k-min", "2", "--k-max", "20")
+    assert "no clear cluster structure" in p.stdout
+    assert json.loads((d / "k.json").read_text())["weak"] is True
+    p = run("estimate_k.py", tmp_path / "nothing", ok=False)
+    assert p.returncode == 2 and "no features.npy" in p.stderr
+
+
+# ---- evaluate.py: type pairs held to K -----------------------------------------------------------
+
+
+def held_to_k_brute_force(type_pair, k):
+    """The K - 1 largest type pairs kept, the rest merged: written out the slow way."""
+    sizes = {t: int((type_pair == t).sum()) for t in set(type_pair.tolist())}
+    if len(sizes) <= k:
+        return [f"pair {t}" for t in type_pair]
+    ranked = sorted(sizes, key=lambda t: (-sizes[t], t))
+    kept = set(ranked[:k - 1])
+    return [f"pair {t}" if t in kept else "the rest" for t in type_pair]
+
+
+def same_partition(a, b):
+    pairs = set(zip(a, b))
+    return len(pairs) == len(set(a)) == len(set(b))
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("k", [1, 2, 5, 10, 30])
+def test_type_pairs_held_to_k_matches_brute_force(seed, k):
+    rng = np.random.default_rng(seed)
+    n_pairs = int(rng.integers(1, 25))
+    tp = rng.choice(n_pairs, size=300, p=rng.dirichlet(np.ones(n_pairs) * 0.5)).astype(np.int32)
+    got = type_pairs_held_to(tp, k)
+    assert same_partition(got.tolist(), held_to_k_brute_force(tp, k))
+    assert len(np.unique(got)) == min(k, len(np.unique(tp)))
+
+
+def test_type_pairs_held_to_k_ties_and_sizes():
+    tp = np.array([0, 0, 0, 1, 1, 2, 2, 3, 4])
+    got = type_pairs_held_to(tp, 3)  # 0 (3) and 1 (2; tie with 2, lower id first) kept
+    assert same_partition(got.tolist(), ["a"] * 3 + ["b"] * 2 + ["rest"] * 4)
+    assert (type_pairs_held_to(tp, 5) == tp).all() and (type_pairs_held_to(tp, 9) == tp).all()
+
+
+# ---- the pipeline: train_cluster.py --k auto, evaluate.py --k auto --k-scan -------------------------
+
+
+@pytest.fixture(scope="module")
+def auto(tmp_path_factory, tiny_model, tiny_data):
+    out = tmp_path_factory.mktemp("auto")
+    train, test = tiny_data
+    run("encode.py", train, "--out", out / "train", "--model", tiny_model, "--features")
+    run("encode.py", test, "--out", out / "test", "--tokenizer-from", out / "train", "--features")
+    run("train_siamese.py", "--data", out / "train", "--out", out / "siamese", "--epochs", "1", "--batch-size", "16")
+    run("mine_neighbors.py", out / "siamese", "--k", "5")
+    log = run("train_cluster.py", "--data", out / "train", "--init", out / "siamese", "--out", out / "cluster",
+              "--k", "auto", "--epochs", "1", "--batch-size", "16")
+    run("predict.py", "--model", out / "cluster", "--data", out / "test", "--out", out / "test_cluster")
+    return out, log
+
+
+def test_train_cluster_k_auto(auto):
+    out, log = auto
+    meta = json.loads((out / "cluster" / "meta.json").read_text())
+    k = meta["k"]
+    x = np.load(out / "siamese" / "features.npy")
+    expected, curve = estimate_k.estimate_k(x, seed=0)
+    assert k == expected == meta["k_estimate"]["k"] == meta["settings"]["k"]
+    assert meta["k_estimate"]["curve"]["silhouette"] == curve["silhouette"]
+    assert np.load(out / "cluster" / "probs.npy").shape[1] == k
+    assert f"--k auto: K = {k}, estimated without labels" in log.stderr + log.stdout
+    assert run("train_cluster.py", "--data", out / "train", "--init", out / "siamese", "--out", out / "bad",
+               "--k", "many", ok=False).returncode == 2
+
+
+def test_evaluate_k_auto_and_k_scan(auto):
+    out, _ = auto
+    k = json.loads((out / "cluster" / "meta.json").read_text())["k"]
+    p = run("evaluate.py", out / "test_cluster", out / "test", "--k", "auto", "--k-scan", "--out", out / "m.json")
+    m = json.loads((out / "m.json").read_text())
+    assert m["k"] == k and f"--k auto: K = {k}, the clustering head's" in p.stdout + p.stderr
+    names = [r["name"] for r in m["rows"]]
+    assert names[:2] == ["one cluster per type pair", "type pairs held to K"]
+    tp = np.load(out / "test" / "type_pair.npy")
+    labels = np.load(out / "test" / "labels.npy")
+    held = score(labels, type_pairs_held_to(tp, k))
+    assert m["rows"][1]["b3_f1"] == pytest.approx(held["b3_f1"])
+    assert "ORACLE" in p.stdout
+    assert [s["name"] for s in m["k_scan"]] == ["k-means, final features", "k-means, frozen encoder"]
+    for s in m["k_scan"]:
+        by_k = {int(k): v for k, v in s["b3_f1_by_k"].items()}
+        assert s["k_gold"] == len(np.unique(labels))
+        assert s["oracle_best_b3_f1"] == max(by_k[k] for k in s["silhouette_curve"]["k"])
+        assert s["b3_f1_at_estimate"] == by_k[s["k_estimated"]] <= s["oracle_best_b3_f1"]
+        assert s["silhouette_curve"]["k"] == estimate_k.scan_ks(10, 39)  # 40 test instances: K < N
+
+
+def test_bench_quality_reports_k_without_labels():
+    spec = importlib.util.spec_from_file_location("quality", REPO / "bench" / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    from types import SimpleNamespace
+    row = {m: 0.5 for m in quality.METRICS}
+    scan = {"name": "k-means, frozen encoder", "k_estimated": 12, "k_gold": 91, "b3_f1_at_estimate": 0.4,
+            "b3_f1_at_10": 0.39, "b3_f1_at_gold": 0.32, "oracle_best_b3_f1": 0.41, "oracle_best_k": 14, "k_range": [2, 100]}
+    results = {"redocred": {"data": "redocred_dev.json", "pooling": "both", "times": {"encode": 1.5},
+                            "table": {10: [dict(row, name="type pairs held to K")]}, "k_scan": [scan]}}
+    md = quality.markdown(results, SimpleNamespace(seed=0, siamese_epochs=2, cluster_epochs=1, max_length=64))
+    assert "| type pairs held to K |" in md and "ORACLE" in md
+    assert "| frozen encoder | 12 | 91 | 40.0 | 39.0 | 32.0 | 41.0 (14, range 2..100) |" in md
