@@ -79,6 +79,7 @@ def main():
             args.k = int(args.k)
         except ValueError:
             raise DataError(f"--k {args.k!r}: give a number of clusters or auto") from None
+    settings["k"] = args.k  # the K trained with, estimated or given
     siamese, config = load_model(os.path.join(args.init, "model.pt"))
     model = URE(siamese.encoder.bert, config["proj_dim"], config["pred_dim"], args.k, pooling=config["pooling"])
     model.projector.load_state_dict(siamese.projector.state_dict())

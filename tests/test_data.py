@@ -499,3 +499,58 @@ def test_encode_returns_none_when_entities_do_not_fit():
     assert encode_instance(inst(LONG, (5, 5), (200, 200)), PIECES, MARKER_IDS, CLS, SEP, 64) is None
     # one entity alone longer than the window
     assert encode_instance(inst(LONG, (10, 60), (62, 62)), PIECES, MARKER_IDS, CLS, SEP, 32) is None
+
+
+# ---- relation context ---------------------------------------------------------------------------
+
+
+def instance(tokens, head, tail, types=("PERSON", "CITY")):
+    return Instance("x", tokens.split(), head, tail, types[0], types[1], None)
+
+
+def test_context_key_words_between_order_and_types():
+    a = instance("Obama was born in Honolulu", (0, 0), (4, 4))
+    b = instance("Ada Lovelace was born in London .", (0, 1), (5, 5))
+    assert data.context_key(a) == (True, ("born",), "PERSON", "CITY")  # 'was' and 'in' are STOPWORDS
+    assert data.context_key(a) == data.context_key(b)                  # other entities, same context
+    # the same words with the tail first is another key, and so are other types
+    c = instance("Honolulu was born in Obama", (4, 4), (0, 0))
+    assert data.context_key(c) == (False, ("born",), "PERSON", "CITY")
+    d = instance("Obama was born in Honolulu", (0, 0), (4, 4), ("ORG", "CITY"))
+    assert data.context_key(d) != data.context_key(a)
+    # punctuation is kept: 'Paris , France'
+    e = instance("Paris , France", (0, 0), (2, 2), ("LOC", "LOC"))
+    assert data.context_key(e) == (True, (",",), "LOC", "LOC")
+
+
+def test_context_key_none_when_nothing_or_too_much_between():
+    assert data.context_key(instance("Obama Honolulu", (0, 0), (1, 1))) is None          # adjacent
+    assert data.context_key(instance("Obama of the Honolulu", (0, 0), (3, 3))) is None   # only STOPWORDS
+    long = "Obama " + " ".join(f"w{i}" for i in range(data.MAX_CONTEXT_WORDS + 1)) + " Honolulu"
+    assert data.context_key(instance(long, (0, 0), (data.MAX_CONTEXT_WORDS + 2,) * 2)) is None
+    ok = "Obama " + " ".join(f"w{i}" for i in range(data.MAX_CONTEXT_WORDS)) + " Honolulu"
+    assert data.context_key(instance(ok, (0, 0), (data.MAX_CONTEXT_WORDS + 1,) * 2)) is not None
+
+
+def test_context_groups_brute_force():
+    rng = np.random.default_rng(0)
+    words = ["born", "died", "in", "of", ",", "married"]
+    xs = []
+    for _ in range(200):
+        between = " ".join(rng.choice(words, size=rng.integers(0, 3)))
+        head_first = rng.random() < 0.5
+        sent = f"A {between} B".split()
+        h, t = ((0, 0), (len(sent) - 1,) * 2) if head_first else ((len(sent) - 1,) * 2, (0, 0))
+        xs.append(Instance("x", sent, h, t, rng.choice(["P", "Q"]), "C", None))
+    groups = data.context_groups(xs)
+    keys = [data.context_key(x) for x in xs]
+    for i in range(len(xs)):
+        shared = [j for j in range(len(xs)) if j != i and keys[i] is not None and keys[j] == keys[i]]
+        if shared:
+            assert groups[i] >= 0 and all(groups[j] == groups[i] for j in shared)
+        else:
+            assert groups[i] == -1
+    # ids are 0..G-1 and no two keys share one
+    ids = sorted({g for g in groups if g >= 0})
+    assert ids == list(range(len(ids)))
+    assert len({keys[i] for i in range(len(xs)) if groups[i] >= 0}) == len(ids)

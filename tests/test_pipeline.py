@@ -276,13 +276,14 @@ def test_train_siamese_warns_when_the_projections_collapse(pipe, tmp_path, monke
     the collapse measure drops below COLLAPSED and the warning is printed (the healthy run above has none)."""
     import train_siamese
 
-    real = train_siamese.encode_views
+    real = train_siamese.positive_views
 
     def one_direction(*args, **kwargs):
-        r = real(*args, **kwargs)  # [views, rows, D]
-        return r[:, :1] * torch.linspace(0.5, 1.5, r.shape[1])[None, :, None]
+        r1, r2 = real(*args, **kwargs)  # [rows, D] each
+        scale = torch.linspace(0.5, 1.5, r1.shape[0])[:, None]
+        return r1[:1] * scale, r2[:1] * scale
 
-    monkeypatch.setattr(train_siamese, "encode_views", one_direction)
+    monkeypatch.setattr(train_siamese, "positive_views", one_direction)
     monkeypatch.setattr(sys, "argv", ["train_siamese.py", "--data", str(pipe.train), "--out", str(tmp_path / "s"),
                                       "--epochs", "1", "--batch-size", "32", "--quiet"])
     threads = torch.get_num_threads()
@@ -294,6 +295,38 @@ def test_train_siamese_warns_when_the_projections_collapse(pipe, tmp_path, monke
         torch.set_num_threads(threads)
     assert read_json(tmp_path / "s" / "meta.json")["history"][0]["z_rank"] < train_siamese.COLLAPSED
     assert "WARNING: the projections are collapsing" in capsys.readouterr().out
+
+
+def test_context_key_written_by_encode(pipe):
+    """context_key.npy: int32 [N], the groups of data.context_groups over the encoded records, in order."""
+    from data import read_instances
+    index = load(pipe.train, "index.npy")
+    groups = load(pipe.train, "context_key.npy")
+    assert groups.dtype == np.int32 and groups.shape == index.shape
+    instances = read_instances(str(pipe.train_file))
+    assert groups.tolist() == data.context_groups([instances[i] for i in index])
+    assert (groups >= 0).any() and (groups == -1).any()  # the embedded sentences have both kinds
+    assert read_json(pipe.train / "meta.json")["context_covered"] == round(float((groups >= 0).mean()), 4)
+
+
+def test_positives_key_trains_on_other_sentences(pipe, tmp_path):
+    """--positives key (the default, the pipeline's run) against --positives dropout (the paper's views) with
+    the same seed: the views differ, so do the Siamese features; both stages run with dropout too.  Without
+    context_key.npy, key says so in one line."""
+    siamese, cluster = tmp_path / "siamese_dropout", tmp_path / "cluster_dropout"
+    assert read_json(pipe.siamese / "meta.json")["settings"]["positives"] == "key"
+    run("train_siamese.py", "--data", pipe.train, "--out", siamese, *SIAMESE, "--positives", "dropout")
+    assert read_json(siamese / "meta.json")["settings"]["positives"] == "dropout"
+    assert not np.allclose(load(siamese, "features.npy"), load(pipe.siamese, "features.npy"))
+    run("mine_neighbors.py", siamese, "--k", MINE_K)
+    run("train_cluster.py", "--data", pipe.train, "--init", siamese, "--out", cluster, *CLUSTER,
+        "--positives", "dropout")
+    assert load(cluster, "pred.npy").shape == load(pipe.cluster, "pred.npy").shape
+    old = tmp_path / "train_old"
+    shutil.copytree(pipe.train, old)
+    (old / "context_key.npy").unlink()
+    p = run("train_siamese.py", "--data", old, "--out", tmp_path / "s_old", *SIAMESE, ok=False)
+    assert p.returncode == 2 and "context_key.npy" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_mine_neighbors_outputs(pipe):

@@ -209,3 +209,42 @@ def test_make_optimizer_groups_and_schedule():
     assert np.all(np.diff(enc_lrs[peak:]) <= 1e-12)            # then decays
     assert enc_lrs[-1] < 1e-3 * lr                             # to about zero at the last step
     assert enc_lrs[steps // 2 + 5] == pytest.approx(lr / 2, rel=0.2)
+
+
+# ---- relation-context positives -------------------------------------------------------------------
+
+def test_partners_are_other_members_of_the_group():
+    groups = np.array([0, -1, 0, 1, 1, 0, -1, 1, 2, 2])
+    b = np.arange(10)
+    seen = {i: set() for i in b}
+    for seed in range(50):
+        p = T.partners(groups, b, np.random.default_rng(seed))
+        for i, j in zip(b, p):
+            if groups[i] < 0:
+                assert j == i                     # no group: the instance itself (a dropout view)
+            else:
+                assert j != i and groups[j] == groups[i]
+            seen[i].add(int(j))
+    assert seen[0] == {2, 5} and seen[3] == {4, 7} and seen[8] == {9}  # every other member gets drawn
+    same = [T.partners(groups, b, np.random.default_rng(3)) for _ in range(2)]
+    assert np.array_equal(*same)  # reproducible from the rng
+
+
+def test_positive_views_key_encodes_the_partner():
+    """With partners, r2 of row i is r of sentence pb[i]: in eval mode (no dropout) it equals r1 of that
+    sentence, and a row partnered with itself gets r2 == r1."""
+    arrays = encoded_arrays(n=6)
+    encoder = tiny_ure().encoder.eval()
+    b, pb = np.arange(6), np.array([3, 1, 2, 0, 5, 4])
+    with torch.no_grad():
+        r1, r2 = T.positive_views(encoder, arrays, b, pb)
+    assert r1.shape == r2.shape == (6, encoder.dim)
+    assert torch.allclose(r2, r1[pb], atol=1e-5)
+
+
+def test_context_groups_missing_file_is_a_clear_error():
+    args = type("A", (), {"positives": "key", "data": "runs/x"})()
+    with pytest.raises(DataError, match="context_key.npy"):
+        T.context_groups({}, args)
+    args.positives = "dropout"
+    assert T.context_groups({}, args) is None
