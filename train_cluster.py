@@ -4,7 +4,9 @@
 
 Starts from the Siamese stage's model and the neighbours mined from its features (mine_neighbors.py).
 A clustering head maps r (model.RelationEncoder) to K cluster probabilities phi(x).  Each step takes a
-batch of instances and, for each, one of its mined neighbours drawn at random, and minimises
+batch of instances and, for each, one of its mined neighbours drawn at random (with --context-neighbors,
+the default, an instance with a relation-context group takes a member of its group instead; the
+Siamese views follow --positives, as in train_siamese.py), and minimises
     L = L_siam(x)  +  L_scan(x, neighbour),
     L_scan = -mean log <phi(x), phi(neighbour)>  -  lambda * H(mean phi(x))        (model.scan_loss)
 so an instance and its neighbours get the same confident prediction while the entropy of the mean

@@ -2,8 +2,12 @@
 
     python train_siamese.py --data runs/default/train --out runs/default/siamese
 
-Each batch of marked sentences goes through the encoder twice in training mode; the two dropout masks
-make the two views of a positive pair.  The representation r (model.RelationEncoder) of each view goes
+Each batch of marked sentences goes through the encoder twice in training mode, as the two views of a
+positive pair.  With --positives dropout (the paper) the second view is the same sentence under another
+dropout mask.  With --positives key (the default) it is another sentence with the same relation
+context (encode.py's context_key.npy: the same words between the entities, the same order and type pair;
+training.partners), so that one relation is tied across different entities; an instance whose context
+no other shares keeps its dropout view.  The representation r (model.RelationEncoder) of each view goes
 through the projector (z) and the predictor (p), and the loss is SimSiam's symmetric negative cosine
 with stop-gradient (model.URE.siamese):
     L = -( cos(p1, sg(z2)) + cos(p2, sg(z1)) ) / 2.
