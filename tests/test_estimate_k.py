@@ -3,9 +3,6 @@ row and --k-scan table."""
 import importlib.util
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,18 +11,7 @@ import torch
 import estimate_k
 from evaluate import type_pairs_held_to
 from metrics import score
-
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-       "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS", "1")}
-
-
-def run(*args, ok=True, timeout=300):
-    cmd = [sys.executable, *map(str, args)]
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=ENV)
-    if ok:
-        assert p.returncode == 0, f"{' '.join(cmd)} exited {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
-    return p
+from test_pipeline import REPO, run  # the stages run as in the pipeline tests
 
 
 def blobs(k, n, dim=64, spread=0.08, seed=0):
