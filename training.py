@@ -281,10 +281,10 @@ def arguments(doc):
     ap.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the heads")
     ap.add_argument("--train-layers", type=int, default=2,
                     help="train only this many top layers of the encoder (0: all, embeddings too)")
-    ap.add_argument("--positives", choices=("key", "dropout"), default="key",
-                    help="second view of an instance: another sentence with the same relation context where it "
-                         "has one, else itself with other dropout masks (key, the default); or always itself "
-                         "with other dropout masks (dropout, the paper)")
+    ap.add_argument("--positives", choices=("dropout", "key"), default="dropout",
+                    help="second view of an instance: itself with other dropout masks (dropout, the paper's); or "
+                         "another sentence with the same relation context where it has one (key; README, "
+                         "\"Choices\")")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="go on from --out/checkpoint.pt")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -310,22 +310,21 @@ def test_context_key_written_by_encode(pipe):
 
 
 def test_positives_key_trains_on_other_sentences(pipe, tmp_path):
-    """--positives key (the default, the pipeline's run) against --positives dropout (the paper's views) with
-    the same seed: the views differ, so do the Siamese features; both stages run with dropout too.  Without
+    """--positives key against the default --positives dropout (the paper's views, the pipeline's run) with
+    the same seed: the views differ, so do the Siamese features; both stages run with key.  Without
     context_key.npy, key says so in one line."""
-    siamese, cluster = tmp_path / "siamese_dropout", tmp_path / "cluster_dropout"
-    assert read_json(pipe.siamese / "meta.json")["settings"]["positives"] == "key"
-    run("train_siamese.py", "--data", pipe.train, "--out", siamese, *SIAMESE, "--positives", "dropout")
-    assert read_json(siamese / "meta.json")["settings"]["positives"] == "dropout"
+    siamese, cluster = tmp_path / "siamese_key", tmp_path / "cluster_key"
+    assert read_json(pipe.siamese / "meta.json")["settings"]["positives"] == "dropout"
+    run("train_siamese.py", "--data", pipe.train, "--out", siamese, *SIAMESE, "--positives", "key")
+    assert read_json(siamese / "meta.json")["settings"]["positives"] == "key"
     assert not np.allclose(load(siamese, "features.npy"), load(pipe.siamese, "features.npy"))
     run("mine_neighbors.py", siamese, "--k", MINE_K)
-    run("train_cluster.py", "--data", pipe.train, "--init", siamese, "--out", cluster, *CLUSTER,
-        "--positives", "dropout")
+    run("train_cluster.py", "--data", pipe.train, "--init", siamese, "--out", cluster, *CLUSTER, "--positives", "key")
     assert load(cluster, "pred.npy").shape == load(pipe.cluster, "pred.npy").shape
     old = tmp_path / "train_old"
     shutil.copytree(pipe.train, old)
     (old / "context_key.npy").unlink()
-    p = run("train_siamese.py", "--data", old, "--out", tmp_path / "s_old", *SIAMESE, ok=False)
+    p = run("train_siamese.py", "--data", old, "--out", tmp_path / "s_old", *SIAMESE, "--positives", "key", ok=False)
     assert p.returncode == 2 and "context_key.npy" in p.stderr and "Traceback" not in p.stderr
 
 
