@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from data import DataError
-from estimate_k import estimate_k
+from estimate_k import estimate_k, normalise
 from metrics import b3, score
 from model import kmeans
 from rundir import Log, check_source, fail, load_meta, load_npy, save_json
@@ -57,14 +57,9 @@ def type_pairs_held_to(type_pair, k):
     return out
 
 
-def unit(f):
-    f = np.asarray(f, np.float32)
-    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-
-
 def features_of(d, n):
     path = os.path.join(d, "features.npy")
-    return unit(load_npy(path, n)) if os.path.exists(path) else None
+    return normalise(load_npy(path, n)) if os.path.exists(path) else None
 
 
 def auto_k(runs, n, seed, log):
