@@ -31,7 +31,7 @@ Writes into --out:
     labels.npy      int32 [N]    gold relation id, names in label_names.json, when every record has one;
                                  read by evaluate.py only
     features.npy  float32 [N, D] with --features: the frozen encoder's r (--pooling; D = 4 x hidden size
-                                 for both, 2 x for one)
+                                 for both, 2 x for one), computed in --precision (bf16: under autocast)
     meta.json                    what was read and written; written last, so its presence means complete
 """
 import argparse
@@ -66,6 +66,9 @@ def main():
     ap.add_argument("--relation-names", metavar="FILE",
                     help="name relation ids by a pid2name.json-style file: P17 becomes P17:country")
     ap.add_argument("--features", action="store_true", help="also write the frozen encoder's features.npy")
+    # training.add_precision's option, spelled out here so that a bad file is reported before torch loads
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="of the encoder's forward pass for --features: fp32, or bf16 autocast (README, \"Speed\")")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args()
@@ -97,7 +100,8 @@ def main():
     # torch and transformers are imported once the data has been read, so a bad file is reported at once
     import torch
     from model import RelationEncoder
-    from training import build_encoder, default_model, device, length_batches, load_tokenizer, represent
+    from training import (InPrecision, build_encoder, check_precision, default_model, device, length_batches,
+                          load_tokenizer, represent)
 
     # the marker vocabulary: new tokens of a fresh tokenizer, or the one of an earlier run
     if args.tokenizer_from:
@@ -198,11 +202,13 @@ def main():
 
     if args.features:
         torch.manual_seed(0)
+        check_precision(args.precision, log)
         encoder = RelationEncoder(build_encoder(model_name, tokenizer, dropout=0.1), pooling).to(device())
-        feats, _ = represent(encoder, arrays, log.progress(batches, "features"))
+        feats, _ = represent(InPrecision(encoder, args.precision), arrays, log.progress(batches, "features"))
         save_npy(os.path.join(out, "features.npy"), feats)
+        meta["precision"] = args.precision
         wrote.append(f"features {feats.shape}")
-        log(f"frozen features of {n} instances")
+        log(f"frozen features of {n} instances ({args.precision})")
     meta["seconds"] = round(log.elapsed(), 1)
     save_json(os.path.join(out, "meta.json"), meta)
     log.done(f"{', '.join(wrote)} and meta.json to {out}")

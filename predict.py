@@ -9,7 +9,8 @@ stage's (features only).  The data must have been encoded with the same marker v
 encode.py --tokenizer-from the training data's directory.
 
 Writes into --out:
-    features.npy   float32 [N, D]    eval-mode r (model.RelationEncoder)
+    features.npy   float32 [N, D]    eval-mode r (model.RelationEncoder; --precision bf16: computed under bf16
+                                     autocast, written in float32)
     probs.npy      float32 [N, K]    with a clustering head: cluster probabilities
     pred.npy       int32   [N]       with a clustering head: argmax cluster
     meta.json      the model and data it came from, and their fingerprints; written last
@@ -21,7 +22,7 @@ import numpy as np
 
 from data import DataError
 from rundir import Log, begin_stage, check_source, fail, fingerprint, load_encoded, load_meta, save_json, save_npy
-from training import device, length_batches, load_model, represent
+from training import InPrecision, add_precision, check_precision, device, length_batches, load_model, represent
 
 
 def main():
@@ -30,9 +31,11 @@ def main():
     ap.add_argument("--data", required=True, help="encoded data directory (encode.py --tokenizer-from ...)")
     ap.add_argument("--out", required=True, help="directory to write")
     ap.add_argument("--batch-size", type=int, default=64)
+    add_precision(ap)
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args()
     log = Log("predict", args.quiet)
+    check_precision(args.precision, log)
 
     if os.path.realpath(args.out) in (os.path.realpath(args.model), os.path.realpath(args.data)):
         raise DataError(f"--out {args.out}: is the --model or --data directory; predict.py needs a directory "
@@ -52,7 +55,8 @@ def main():
     batches = length_batches(arrays["lengths"], args.batch_size)
 
     begin_stage(args.out, stale=("probs.npy", "pred.npy"))  # a Siamese model writes neither
-    feats, probs = represent(model.encoder, arrays, log.progress(batches, "features"), model.cluster_head)
+    feats, probs = represent(InPrecision(model.encoder, args.precision), arrays, log.progress(batches, "features"),
+                             model.cluster_head)
     save_npy(os.path.join(args.out, "features.npy"), feats)
     wrote = [f"features.npy {feats.shape}"]
     if probs is not None:
@@ -63,6 +67,7 @@ def main():
               {"stage": "predict", "model_stage": trained["stage"], "model": os.path.abspath(args.model),
                "data": os.path.abspath(args.data), "data_fingerprint": data_meta["fingerprint"],
                "model_fingerprint": trained["fingerprint"], "n_instances": data_meta["n_instances"],
+               "precision": args.precision,
                "fingerprint": fingerprint(trained["fingerprint"], data_meta["fingerprint"]),
                "seconds": round(log.elapsed(), 1)})
     log.done(f"{', '.join(wrote)} and meta.json to {args.out}")

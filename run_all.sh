@@ -6,7 +6,7 @@
 #   bash run_all.sh --k auto      # K estimated without labels from the Siamese features (estimate_k.py)
 #
 # Every setting is a flag or an environment variable of the same name in capitals (TRAIN, TEST, MODEL,
-# K, SIAMESE_EPOCHS, CLUSTER_EPOCHS, TRAIN_LAYERS, MAX_LENGTH, SEED, OUT, PYTHON, QUIET).  Each stage
+# K, SIAMESE_EPOCHS, CLUSTER_EPOCHS, TRAIN_LAYERS, MAX_LENGTH, PRECISION, SEED, OUT, PYTHON, QUIET).  Each stage
 # prints what it read and wrote; the last lines are the table that compares the method with the
 # reference points.
 set -euo pipefail
@@ -20,6 +20,7 @@ SIAMESE_EPOCHS=${SIAMESE_EPOCHS:-3}
 CLUSTER_EPOCHS=${CLUSTER_EPOCHS:-3}
 TRAIN_LAYERS=${TRAIN_LAYERS:-2}   # top encoder layers trained; 0: all (README, "Choices")
 MAX_LENGTH=${MAX_LENGTH:-128}
+PRECISION=${PRECISION:-fp32}    # bf16: the encoder under bf16 autocast (README, "Speed")
 SEED=${SEED:-0}
 OUT=${OUT:-runs/default}
 PYTHON=${PYTHON:-python}
@@ -35,6 +36,7 @@ while [ $# -gt 0 ]; do
     --cluster-epochs) CLUSTER_EPOCHS=$2 ;;
     --train-layers) TRAIN_LAYERS=$2 ;;
     --max-length) MAX_LENGTH=$2 ;;
+    --precision) PRECISION=$2 ;;
     --seed) SEED=$2 ;;
     --out) OUT=$2 ;;
     --quiet) QUIET=1; shift; continue ;;
@@ -46,22 +48,22 @@ done
 Q=${QUIET:+--quiet}
 start=$(date +%s)
 echo "run_all: train=$TRAIN test=$TEST model=${MODEL:-packaged all-MiniLM-L6-v2} k=$K" \
-     "siamese_epochs=$SIAMESE_EPOCHS cluster_epochs=$CLUSTER_EPOCHS train_layers=$TRAIN_LAYERS max_length=$MAX_LENGTH seed=$SEED out=$OUT"
+     "siamese_epochs=$SIAMESE_EPOCHS cluster_epochs=$CLUSTER_EPOCHS train_layers=$TRAIN_LAYERS max_length=$MAX_LENGTH precision=$PRECISION seed=$SEED out=$OUT"
 
 # 1. encode: markers, tokens, positions (and the frozen encoder's features, a reference point)
-$PYTHON encode.py "$TRAIN" --out "$OUT/train" --max-length "$MAX_LENGTH" --features ${MODEL:+--model "$MODEL"} $Q
-$PYTHON encode.py "$TEST" --out "$OUT/test" --max-length "$MAX_LENGTH" --features --tokenizer-from "$OUT/train" $Q
+$PYTHON encode.py "$TRAIN" --out "$OUT/train" --max-length "$MAX_LENGTH" --features --precision "$PRECISION" ${MODEL:+--model "$MODEL"} $Q
+$PYTHON encode.py "$TEST" --out "$OUT/test" --max-length "$MAX_LENGTH" --features --precision "$PRECISION" --tokenizer-from "$OUT/train" $Q
 # 2. Siamese representation learning (the warm-up)
 $PYTHON train_siamese.py --data "$OUT/train" --out "$OUT/siamese" --epochs "$SIAMESE_EPOCHS" \
-        --train-layers "$TRAIN_LAYERS" --seed "$SEED" $Q
+        --train-layers "$TRAIN_LAYERS" --precision "$PRECISION" --seed "$SEED" $Q
 # 3. neighbours in the Siamese feature space
 $PYTHON mine_neighbors.py "$OUT/siamese"
 # 4. relational semantic clustering, jointly with the Siamese loss
 $PYTHON train_cluster.py --data "$OUT/train" --init "$OUT/siamese" --out "$OUT/cluster" --k "$K" \
-        --epochs "$CLUSTER_EPOCHS" --train-layers "$TRAIN_LAYERS" --seed "$SEED" $Q
+        --epochs "$CLUSTER_EPOCHS" --train-layers "$TRAIN_LAYERS" --precision "$PRECISION" --seed "$SEED" $Q
 # 5. the trained models applied to the test file
-$PYTHON predict.py --model "$OUT/cluster" --data "$OUT/test" --out "$OUT/test_cluster" $Q
-$PYTHON predict.py --model "$OUT/siamese" --data "$OUT/test" --out "$OUT/test_siamese" $Q
+$PYTHON predict.py --model "$OUT/cluster" --data "$OUT/test" --out "$OUT/test_cluster" --precision "$PRECISION" $Q
+$PYTHON predict.py --model "$OUT/siamese" --data "$OUT/test" --out "$OUT/test_siamese" --precision "$PRECISION" $Q
 # 6. what each cluster holds, to read, labels or not: report.md and clusters.jsonl beside the clusters
 $PYTHON report.py "$OUT/cluster"
 $PYTHON report.py "$OUT/test_cluster"

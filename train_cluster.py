@@ -39,7 +39,7 @@ from estimate_k import estimate_k, record
 from mine_neighbors import mine
 from model import URE, scan_loss, train_top
 from rundir import check_source, fail, fingerprint, load_encoded, load_json, load_meta, load_npy, save_json, save_npy
-from training import (arguments, begin_training, context_groups, device, distributed, encode_views, epochs, gather,
+from training import (InPrecision, arguments, begin_training, context_groups, device, distributed, encode_views, epochs, gather,
                       load_model, optimizer_and_resume, partners, positive_views, represent_all, save_checkpoint,
                       save_model, shard, step)
 
@@ -98,7 +98,8 @@ def main():
         neighbors = state["neighbors"].numpy()
 
     groups = context_groups(arrays, args)
-    encoder = distributed(model.encoder, world)
+    forward = InPrecision(model.encoder, args.precision)
+    encoder = distributed(forward, world)
     model.train()
     for epoch, rng, batches in epochs(args, arrays, start, rank, world, log):
         t0, sums, steps = time.time(), np.zeros(4), 0
@@ -118,7 +119,7 @@ def main():
             steps += 1
         remine = args.remine_every and (epoch + 1) % args.remine_every == 0 and epoch + 1 < args.epochs
         if remine:
-            feats, _ = represent_all(model.encoder, arrays, lambda b: log.progress(b, "re-mining"), rank, world)
+            feats, _ = represent_all(forward, arrays, lambda b: log.progress(b, "re-mining"), rank, world)
             neighbors, _ = mine(feats, neighbors.shape[1])  # on every rank: the same features, the same result
             model.train()
         history.append(dict(zip(("loss", "siamese", "consistency", "entropy"), (sums / max(steps, 1)).tolist()),
@@ -131,7 +132,7 @@ def main():
             save_checkpoint(checkpoint, model, opt, sched, epoch + 1, run_id=run_id, history=history,
                             neighbors=torch.from_numpy(neighbors))
 
-    feats, probs = represent_all(model.encoder, arrays, lambda b: log.progress(b, "features"), rank, world,
+    feats, probs = represent_all(forward, arrays, lambda b: log.progress(b, "features"), rank, world,
                                  model.cluster_head)
     if rank > 0:
         return

@@ -37,7 +37,7 @@ import numpy as np
 from data import DataError
 from model import URE, train_top, z_rank
 from rundir import fail, fingerprint, load_encoded, save_json, save_npy
-from training import (arguments, begin_training, bert_config, build_encoder, context_groups, device, distributed,
+from training import (InPrecision, arguments, begin_training, bert_config, build_encoder, context_groups, device, distributed,
                       epochs, gather, load_tokenizer, optimizer_and_resume, partners, positive_views, represent_all,
                       save_checkpoint, save_model, shard, step)
 
@@ -64,7 +64,8 @@ def main():
     start, history = (state["epoch"], state["history"]) if state else (0, [])
 
     groups = context_groups(arrays, args)
-    encoder = distributed(model.encoder, world)
+    forward = InPrecision(model.encoder, args.precision)
+    encoder = distributed(forward, world)
     model.train()
     for epoch, rng, batches in epochs(args, arrays, start, rank, world, log):
         t0, losses, ranks = time.time(), [], []
@@ -84,7 +85,7 @@ def main():
         if rank == 0:
             save_checkpoint(checkpoint, model, opt, sched, epoch + 1, run_id=run_id, history=history)
 
-    feats, _ = represent_all(model.encoder, arrays, lambda b: log.progress(b, "features"), rank, world)
+    feats, _ = represent_all(forward, arrays, lambda b: log.progress(b, "features"), rank, world)
     if rank > 0:
         return
     config = {"bert": bert_config(bert), "proj_dim": args.proj_dim, "pred_dim": args.pred_dim,

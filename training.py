@@ -7,6 +7,7 @@
 4. The training loop that train_siamese.py and train_cluster.py share: their common arguments, the
    optimiser and its schedule, --resume from a checkpoint, the per-epoch random batches and seeds.
 5. Scale-out under torchrun.
+6. The forward passes' precision: fp32, or bf16 autocast (--precision).
 """
 import argparse
 import atexit
@@ -285,6 +286,7 @@ def arguments(doc):
                     help="second view of an instance: itself with other dropout masks (dropout, the paper's); or "
                          "another sentence with the same relation context where it has one (key; README, "
                          "\"Choices\")")
+    add_precision(ap)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="go on from --out/checkpoint.pt")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -297,6 +299,7 @@ def begin_training(stage, args):
     rank, world = setup_distributed()
     log = Log(stage, args.quiet or rank > 0)
     log("settings: " + " ".join(f"{k}={v}" for k, v in vars(args).items()))
+    check_precision(args.precision, log)
     torch.manual_seed(args.seed)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "resume", "data", "init", "quiet")}
     return rank, world, log, settings
@@ -413,3 +416,54 @@ def all_rows(a, world):
     if world > 1:
         torch.distributed.all_reduce(torch.from_numpy(a))
     return a
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Precision.  --precision bf16 runs the encoder's forward passes under torch.autocast with bfloat16
+# (its matrix products in bf16) and hands r on in float32, so that the small heads, the losses and
+# every file written stay float32, as do the weights and their gradients.  It pays where the hardware
+# multiplies bf16 matrices natively (x86 CPUs with AVX512-BF16 or AMX, Arm CPUs with BF16, GPUs from
+# Ampere on); elsewhere bf16 is emulated and slower than fp32, and the stage says so.
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def add_precision(ap):
+    ap.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                    help="of the encoder's forward passes: fp32, or bf16 autocast (fast where the CPU has "
+                         "bf16 matrix instructions, or on a GPU; README, \"Speed\")")
+
+
+class InPrecision(nn.Module):
+    """A RelationEncoder run in `precision`; r comes out float32."""
+
+    def __init__(self, encoder, precision):
+        super().__init__()
+        self.encoder, self.precision = encoder, precision
+        self.dim = encoder.dim
+
+    def forward(self, *batch):
+        if self.precision == "fp32":
+            return self.encoder(*batch)
+        with torch.autocast(device().type, dtype=torch.bfloat16):
+            return self.encoder(*batch).float()
+
+
+def fast_bf16():
+    """Whether the stages' device multiplies bf16 matrices natively: on a GPU, what torch says; on a
+    CPU, the flags of /proc/cpuinfo (avx512_bf16 or amx_bf16 on x86, bf16 on Arm)."""
+    if device().type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as f:
+            words = set(f.read().split())
+    except OSError:
+        return False
+    return bool(words & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def check_precision(precision, log):
+    """One warning line when bf16 is asked for where it will be slow."""
+    if precision == "bf16" and not fast_bf16():
+        log("WARNING: --precision bf16: this machine has no bf16 matrix instructions (no avx512_bf16 or "
+            "amx_bf16 in /proc/cpuinfo, or a GPU without bf16), so bf16 will be slow here; fp32 is faster")
