@@ -1,9 +1,13 @@
-"""Tests for mine_neighbors.py: exact top-K cosine neighbours against brute force, and purity."""
+"""Tests for mine_neighbors.py: exact top-K cosine neighbours against brute force, purity, and the
+approximate inverted file (--index ivf) against the exact search."""
+import json
+
 import numpy as np
 import pytest
 
 from data import DataError
-from mine_neighbors import mine, purity
+from mine_neighbors import mine, mine_ivf, purity
+from test_pipeline import run
 
 
 def brute_force(x, k):
@@ -88,3 +92,49 @@ def test_purity_hand_computed():
     assert isinstance(purity(neighbors, labels), float)
     assert purity(neighbors, [7, 7, 7, 7, 7]) == 1.0
     assert purity(neighbors, list(range(5))) == 0.0
+
+
+# ---- --index ivf: the approximate inverted file ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clustered():
+    """2,000 rows around 40 centres in 32 dimensions: neighbours that an inverted file can find."""
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(40, 32))
+    return (centres[rng.integers(40, size=2000)] + 0.6 * rng.normal(size=(2000, 32))).astype(np.float32)
+
+
+def test_ivf_searching_every_cell_is_the_exact_search(clustered):
+    idx, sims = mine_ivf(clustered, 10, nlist=30, nprobe=30)
+    ref_idx, ref_sims = mine(clustered, 10)
+    assert idx.dtype == np.int32 and sims.dtype == np.float32 and idx.shape == sims.shape == (2000, 10)
+    assert np.allclose(sims, ref_sims, atol=1e-5)
+    assert (idx == ref_idx).mean() > 0.99  # the rest: near ties, ordered by rounding
+
+
+def test_ivf_recall_and_order(clustered):
+    idx, sims = mine_ivf(clustered, 10, nprobe=8)   # 8 of 179 cells
+    ref, _ = mine(clustered, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(idx, ref)])
+    assert recall > 0.9, recall
+    assert not (idx == np.arange(2000)[:, None]).any()
+    assert np.all(np.diff(sims, axis=1) <= 0)
+    again, _ = mine_ivf(clustered, 10, nprobe=8)
+    assert np.array_equal(idx, again)  # seeded
+
+
+def test_ivf_too_few_in_the_probed_cells(clustered):
+    with pytest.raises(DataError) as e:
+        mine_ivf(clustered[:400], 30, nlist=80, nprobe=1)
+    assert "raise --nprobe or use --index exact" in str(e.value)
+
+
+def test_mine_neighbors_index_ivf_command(tiny_model, tiny_data, tmp_path):
+    run("encode.py", tiny_data[0], "--out", tmp_path, "--model", tiny_model, "--features")
+    run("mine_neighbors.py", tmp_path, "--k", 5)
+    exact = np.load(tmp_path / "neighbor_sims.npy")
+    run("mine_neighbors.py", tmp_path, "--k", 5, "--index", "ivf", "--nlist", 10, "--nprobe", 10)
+    assert np.allclose(np.load(tmp_path / "neighbor_sims.npy"), exact, atol=1e-5)  # every cell searched: exact
+    meta = json.loads((tmp_path / "neighbors.json").read_text())
+    assert (meta["index"], meta["nlist"], meta["nprobe"]) == ("ivf", 10, 10)
