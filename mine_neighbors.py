@@ -9,11 +9,11 @@ calls to re-mine as its features improve).  Its time grows as N squared: 100,000
 minutes, a million hours on 2 CPU cores (bench/cost.py).
 
 --index ivf searches approximately instead (`mine_ivf`), an inverted file as in faiss's IndexIVFFlat:
-k-means on a sample splits the unit sphere into --nlist cells (default 4 sqrt(N)), each instance
-belongs to the cell of its nearest centroid, and it searches exactly among the members of the
---nprobe cells whose centroids are nearest to it.  The search runs cell by cell, as one matrix
-product of the instances that probe the cell with the cell's members, which is what makes it fast
-on a CPU (faiss scans a query at a time).  It scans about nprobe / nlist of the data per instance;
+k-means (10 iterations on 16 random rows per cell) splits the unit sphere into --nlist cells (default
+4 sqrt(N)), each instance belongs to the cell of its nearest centroid, and it searches exactly among
+the members of the --nprobe cells whose centroids are nearest to it, about nprobe / nlist of the data.
+The search runs cell by cell, as one matrix product of the instances that probe the cell with the
+cell's members, which keeps the CPU's matrix units busy (faiss scans one query at a time).
 README, "Speed", has its recall against the exact search and its time at a million.
 
 Writes into the same directory:
@@ -67,7 +67,7 @@ def mine_ivf(features, k, nlist=None, nprobe=16, seed=0, block=1 << 25):
     nlist = min(n, nlist or round(4 * n ** 0.5))
     nprobe = min(nprobe, nlist)
     g = torch.Generator().manual_seed(seed)
-    centroids = spherical_kmeans(x[torch.randperm(n, generator=g)[:64 * nlist]], nlist, g)
+    centroids = spherical_kmeans(x[torch.randperm(n, generator=g)[:16 * nlist]], nlist, g)
     probe = torch.cat([(x[s:s + 65536] @ centroids.T).topk(nprobe, dim=1).indices for s in range(0, n, 65536)])
     members_of = np.split(*by_cell(probe[:, 0].numpy(), nlist))  # each row belongs to its nearest cell
     queries_of = np.split(*by_cell(probe.flatten().numpy(), nlist))

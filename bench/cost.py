@@ -10,8 +10,10 @@ extrapolated to a million; and neighbour mining at scale, exact and approximate.
    --max-length.  For each N: encode.py --features, train_siamese.py and train_cluster.py (one epoch
    each, at N <= --train-max only: an epoch of 100,000 takes hours on 2 cores), mine_neighbors.py (exact),
    and predict.py (the clustering model of the smallest N applied to this N's data).  Every stage is a
-   child process of its own: its seconds are its wall time, start-up included, and its memory is its
-   peak resident set (ru_maxrss of that child, from os.wait4).  The stages run with --precision.
+   child process of its own: its time is its CPU time (user + system, start-up included, from os.wait4;
+   on one thread, OMP_NUM_THREADS=1, the wall time it takes alone on an idle core, whatever else the
+   machine runs; the wall time is in cost.json), its memory its peak resident set (ru_maxrss).  The
+   stages run with --precision.
 2. The fit: seconds = a + b N^p by least squares over the measured N, with p = 1 for encoding,
    training and prediction and p = 2 for the exact search, extrapolated to the N not measured and to
    1,000,000; beside it, the exponent of a free least-squares fit of log seconds on log N (start-up
@@ -37,21 +39,23 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from mine_neighbors import mine  # noqa: E402
+from quality import default_data_dir  # noqa: E402  (bench/quality.py, beside this file)
 
 GROWTH = {"encode": 1, "train_siamese": 1, "mine_neighbors": 2, "train_cluster": 1, "predict": 1}
 
 
-def child(cmd, env=None):
-    """Run `cmd`; (seconds, peak resident memory in MB) of that child alone."""
+def child(cmd):
+    """Run `cmd`; {seconds: CPU time, wall_seconds, peak_mb: peak resident memory} of that child alone."""
     t = time.perf_counter()
-    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, env=env)
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode:
-        raise SystemExit(f"bench/cost.py: {' '.join(map(str, cmd))} exited {p.returncode}")
-    return time.perf_counter() - t, usage.ru_maxrss / 1024  # Linux: kilobytes
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"bench/cost.py: {' '.join(map(str, cmd))} exited {os.waitstatus_to_exitcode(status)}")
+    return {"seconds": round(usage.ru_utime + usage.ru_stime, 1), "wall_seconds": round(time.perf_counter() - t, 1),
+            "peak_mb": round(usage.ru_maxrss / 1024)}  # Linux: kilobytes
 
 
 def stage(*args):
@@ -102,7 +106,7 @@ def run_stages(args, work):
             meta = json.load(f)
         out[n] = {"instances": meta["n_instances"], "stages": fig}
         print(f"N = {n:,} ({meta['n_instances']:,} instances encoded, drawn from {distinct:,} records): "
-              + ", ".join(f"{s} {t:.1f} s / {m:.0f} MB" for s, (t, m) in fig.items()), flush=True)
+              + ", ".join(f"{s} {f['seconds']} s / {f['peak_mb']} MB" for s, f in fig.items()), flush=True)
     return out, distinct
 
 
@@ -121,13 +125,12 @@ def curve(measured, sizes, target):
     """For each stage: the fit and, at every N of `sizes` and at `target`, seconds measured or extrapolated."""
     table = {}
     for s, p in GROWTH.items():
-        points = [(n, m["stages"][s][0]) for n, m in measured.items() if s in m["stages"]]
+        points = [(n, m["stages"][s]["seconds"]) for n, m in measured.items() if s in m["stages"]]
         (a, b), exponent = fit(*zip(*points), p)
         rows = {}
         for n in [*sizes, target]:
             got = measured.get(n, {}).get("stages", {}).get(s)
-            rows[n] = ({"seconds": round(got[0], 1), "peak_mb": round(got[1]), "measured": True} if got else
-                       {"seconds": round(a + b * n ** p, 1), "measured": False})
+            rows[n] = {**got, "measured": True} if got else {"seconds": round(a + b * n ** p, 1), "measured": False}
         table[s] = {"growth": f"a + b N^{p}", "a": round(a, 2), "b": b, "loglog_exponent":
                     None if exponent is None else round(exponent, 2), "points": len(points), "at": rows}
     return table
@@ -137,17 +140,15 @@ def curve(measured, sizes, target):
 # 3. Mining at scale, each way in a child process: rows written once to disk, read memory-mapped
 
 MINE_CHILD = r"""
-import json, sys, time
+import sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np
 from mine_neighbors import mine, mine_ivf
 from rundir import load_npy
 rows, how, k, nprobe, out = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
 x = load_npy(rows)
-t = time.perf_counter()
 idx, _ = mine(x, k) if how == "exact" else mine_ivf(x, k, nprobe=nprobe)
 np.save(out, idx)
-print(json.dumps({"seconds": time.perf_counter() - t}))
 """
 
 
@@ -194,12 +195,11 @@ def mine_at_scale(args, work):
             if how == "exact" and n > args.exact_max:
                 continue
             found = os.path.join(work, f"found_{how}.npy")
-            seconds, mb = child([sys.executable, "-c", MINE_CHILD, ROOT, path, how, str(args.k), str(args.nprobe), found])
+            fig[how] = child([sys.executable, "-c", MINE_CHILD, ROOT, path, how, str(args.k), str(args.nprobe), found])
             idx = np.load(found)[queries]
-            recall = float(np.mean([len(set(a) & set(b)) / args.k for a, b in zip(idx, truth)]))
-            fig[how] = {"seconds": round(seconds, 1), "peak_mb": round(mb), f"recall_at_{args.k}": round(recall, 4)}
-            print(f"mining {n:,} x {base.shape[1]}: {how} {seconds:.1f} s, {mb:.0f} MB, recall@{args.k} {recall:.3f}",
-                  flush=True)
+            fig[how][f"recall_at_{args.k}"] = round(float(np.mean([len(set(a) & set(b)) / args.k
+                                                                   for a, b in zip(idx, truth)])), 4)
+            print(f"mining {n:,} x {base.shape[1]}: {how} {fig[how]}", flush=True)
         out[n] = fig
         os.remove(path)
     return {"source": args.mine_from, "base_rows": len(base), "dim": base.shape[1], "nprobe": args.nprobe, "nlist": "4 sqrt(N)", "at": out}
@@ -220,12 +220,11 @@ def markdown(args, table, scale, distinct, cpu):
         lines += ["", f"**Mining at scale** ({cpu}, {os.environ.get('OMP_NUM_THREADS', 'all')} threads; {scale['dim']} "
                   f"dims; rows made from the {scale['base_rows']:,} distinct rows of {scale['source']}, module docstring; "
                   f"--index ivf with nlist 4 sqrt(N), nprobe {scale['nprobe']}; recall on {args.recall_queries:,} random "
-                  f"rows against brute force)", "",
-                  f"| N | exact: s (MB) | ivf: s (MB) | ivf recall@{args.k} |", "|---|---|---|---|"]
+                  f"rows against brute force); CPU seconds (wall seconds), peak MB", "",
+                  f"| N | exact | ivf | ivf recall@{args.k} |", "|---|---|---|---|"]
         for n, f in scale["at"].items():
-            ex = f"{f['exact']['seconds']:,} ({f['exact']['peak_mb']:,})" if "exact" in f else "not run"
-            lines.append(f"| {n:,} | {ex} | {f['ivf']['seconds']:,} ({f['ivf']['peak_mb']:,}) | "
-                         f"{f['ivf'][f'recall_at_{args.k}']} |")
+            cell = {how: f"{g['seconds']:,} s ({g['wall_seconds']:,} s), {g['peak_mb']:,} MB" for how, g in f.items()}
+            lines.append(f"| {n:,} | {cell.get('exact', 'not run')} | {cell['ivf']} | {f['ivf'][f'recall_at_{args.k}']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -233,7 +232,7 @@ def stage_table(args, table, distinct, cpu):
     sizes = [*args.sizes, 1_000_000]
     lines = [f"Data: {os.path.basename(args.source)} ({distinct:,} records) drawn with replacement to N records, "
              f"max length {args.max_length} subword tokens, precision {args.precision}; {cpu}, "
-             f"{os.environ.get('OMP_NUM_THREADS', 'all')} threads.  Wall time per stage (one epoch for the training "
+             f"{os.environ.get('OMP_NUM_THREADS', 'all')} threads.  CPU seconds per stage (one epoch for the training "
              f"stages), start-up included; *italic*: extrapolated from the fit, not measured; peak memory in MB "
              f"where measured.", "",
              "| stage | growth fitted | log-log exponent | " + " | ".join(f"N = {n:,}" for n in sizes) + " |",
@@ -246,9 +245,8 @@ def stage_table(args, table, distinct, cpu):
 
 
 def main():
-    shared = os.path.join(os.path.dirname(ROOT), "shared", "data")
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data-dir", default=shared if os.path.isdir(shared) else os.path.join(ROOT, "data", "real"))
+    ap.add_argument("--data-dir", default=default_data_dir())
     ap.add_argument("--source", help="records to draw from (default: fewrel_val_wiki.json in --data-dir)")
     ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 10_000, 100_000],
                     help="N of the stages' curve (none: mining at scale only, from --mine-from)")

@@ -6,21 +6,25 @@
 1. Encoding: the project's encoder as encode.py --features runs it (training.represent over
    training.length_batches: length-sorted batches of 64, inference mode, fp32) against a plain Hugging Face
    loop (AutoModel on the same marked input_ids, file order, batches of 64 padded to the longest, fp32,
-   torch.no_grad), on the first --records records of redocred_dev.json encoded at --max-length 128 (or
-   data/train.json when ../shared/data is absent).  Also the project's encoder under bf16 autocast,
-   which is not the default (README, "Speed").  The passes alternate for --rounds rounds and the best
-   round of each counts, so that a machine shared with other work slows all of them alike.
+   torch.no_grad), on the first --records records of redocred_dev.json in --data-dir (../shared/data where
+   it is there, else data/real: python data/prepare.py redocred) encoded at --max-length (128); only
+   where neither holds it, data/train.json's short embedded sentences, and the tables say so.  Also the
+   project's encoder with --precision bf16 (training.InPrecision), which is not the default (README,
+   "Speed").  The passes alternate for --rounds rounds and the best round of each counts, so that a
+   machine shared with other work slows all of them alike.
 2. The machine's matmul peak: a 2048^3 fp32 and bf16 matmul, best of several; the encoder's achieved
    FLOP/s as a share of it.  FLOPs are counted analytically over the real (unpadded) tokens: per token
    and layer 2 (4 H^2 + 2 H I) for the projections and the feed-forward, plus 4 L H for attention.
 3. Training: one Siamese step on random batches of 32 with the batch padded to its longest sentence
-   (the code before length-sorted pieces) against training.encode_views, alternating; then
+   (the code before length-sorted pieces) against training.encode_views, in fp32 and with --precision
+   bf16, alternating; then
    train_siamese.py and train_cluster.py run for one epoch on the first --train-records instances,
    instances/s from the per-epoch seconds in their meta.json.
 4. Neighbour mining: exact top-20 of --mine-rows x 768 random unit vectors with mine_neighbors.mine,
    time and peak memory (RSS of a child process), against faiss-cpu's IndexFlatIP when installed.
 5. Metrics: metrics.score on --labels labels against scikit-learn's V-measure and ARI when installed.
-Writes bench/out/speed.json and bench/out/speed.md (--out).
+Writes bench/out/speed.json and bench/out/speed.md (--out); the first line of speed.md names the data, its
+sentence lengths and --max-length, which every encoding and training figure depends on.
 """
 import argparse
 import importlib.util
@@ -36,12 +40,14 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from metrics import score  # noqa: E402
+from quality import default_data_dir  # noqa: E402  (bench/quality.py, beside this file)
 from model import URE, RelationEncoder  # noqa: E402
 from rundir import load_encoded  # noqa: E402
-from training import (build_encoder, encode_views, length_batches, load_tokenizer, make_optimizer,  # noqa: E402
-                      represent, to_batch)
+from training import (InPrecision, build_encoder, encode_views, length_batches, load_tokenizer,  # noqa: E402
+                      make_optimizer, represent, to_batch)
 
 RESULTS = {}
 
@@ -112,12 +118,11 @@ def bench_encode(encoded, rounds):
         return sorted_padded
 
     def project_bf16():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            represent(project, arrays, batches)
+        represent(InPrecision(project, "bf16"), arrays, batches)
         return sorted_padded
 
     passes = {"plain loop (baseline)": lambda: plain_loop(plain, arrays),
-              "project, fp32 (default)": project_fp32, "project, bf16 autocast": project_bf16}
+              "project, fp32 (default)": project_fp32, "project, --precision bf16": project_bf16}
     best, padded, peak = {}, {}, {"fp32": 0.0, "bf16": 0.0}
     for r in range(rounds):
         peak["fp32"] = max(peak["fp32"], matmul_peak(torch.float32))
@@ -162,11 +167,10 @@ def bench_train_step(encoded, steps, batch_size=32):
         return encode_views(model.encoder, arrays, b, views=2)
 
     def pieces_bf16(b):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return [r.float() for r in encode_views(model.encoder, arrays, b, views=2)]
+        return encode_views(InPrecision(model.encoder, "bf16"), arrays, b, views=2)
 
     ways = {"whole batch padded to its longest (before)": padded, "length-sorted pieces (encode_views)": pieces,
-            "length-sorted pieces, bf16 autocast": pieces_bf16}
+            "length-sorted pieces, --precision bf16": pieces_bf16}
     times = {name: [] for name in ways}
     rng = np.random.default_rng(0)
     for i, b in enumerate(length_batches(arrays["lengths"], batch_size, rng)[:steps + 1]):
@@ -300,8 +304,8 @@ def bench_metrics(n):
 # ----------------------------------------------------------------------------------------------
 
 
-def markdown(cpu):
-    lines = [f"Machine: {cpu}; torch {torch.__version__}, {torch.get_num_threads()} threads.", ""]
+def markdown(cpu, data):
+    lines = [f"Machine: {cpu}; torch {torch.__version__}, {torch.get_num_threads()} threads.", "", data, ""]
     for section, rows in RESULTS.items():
         keys = list(dict.fromkeys(k for f in rows.values() for k in f))
         lines += [f"**{section}**", "", "| | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
@@ -353,7 +357,9 @@ def cpu_name():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data-dir", default=os.path.join(os.path.dirname(ROOT), "shared", "data"))
+    ap.add_argument("--data-dir", default=default_data_dir(), help="where redocred_dev.json is (default: "
+                    "../shared/data where it is there, else data/real)")
+    ap.add_argument("--max-length", type=int, default=128, help="subword tokens per instance (encode.py)")
     ap.add_argument("--records", type=int, default=2000, help="records of redocred_dev.json to encode")
     ap.add_argument("--train-records", type=int, default=320, help="instances for the training stages")
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of the encoding passes")
@@ -366,18 +372,16 @@ def main():
     work = os.path.join(args.out, "speed_work")
     os.makedirs(work, exist_ok=True)
     source = os.path.join(args.data_dir, "redocred_dev.json")
-    if os.path.exists(source):
-        with open(source, encoding="utf-8") as f:
-            records = json.load(f)
-    else:
-        print(f"{source} is absent: benchmarking on data/train.json instead")
-        with open(os.path.join(ROOT, "data", "train.json"), encoding="utf-8") as f:
-            records = json.load(f)
+    if not os.path.exists(source):
+        print(f"{source} is absent (python data/prepare.py redocred): benchmarking on data/train.json instead")
+        source = os.path.join(ROOT, "data", "train.json")
+    with open(source, encoding="utf-8") as f:
+        records = json.load(f)
     for name, n in (("encode", args.records), ("train", args.train_records)):
         with open(os.path.join(work, f"{name}.json"), "w", encoding="utf-8") as f:
             json.dump(records[:n], f)
         run("encode.py", os.path.join(work, f"{name}.json"), "--out", os.path.join(work, f"{name}_encoded"),
-            "--max-length", 128, "--quiet")
+            "--max-length", args.max_length, "--quiet")
     cpu = f"{cpu_name()}, {os.cpu_count()} CPUs"
     print(f"{cpu}; torch {torch.__version__} with {torch.get_num_threads()} threads", flush=True)
 
@@ -387,9 +391,13 @@ def main():
     bench_mining(args.mine_rows, work)
     bench_metrics(args.labels)
 
-    md = markdown(cpu) + f"\nTotal wall time {time.time() - t0:.0f} s.\n"
+    enc = RESULTS["encode data"][os.path.basename(source)]
+    data = (f"Data: the first {enc['sentences']:,} records of {source} for encoding (mean {enc['mean_length']} subword "
+            f"tokens, longest {enc['max_length']}, --max-length {args.max_length}) and the first {args.train_records:,} "
+            f"for training; mining on random unit vectors (its time does not depend on the values).")
+    md = markdown(cpu, data) + f"\nTotal wall time {time.time() - t0:.0f} s.\n"
     with open(os.path.join(args.out, "speed.json"), "w") as f:
-        json.dump({"machine": cpu, "threads": torch.get_num_threads(), "settings": vars(args), "results": RESULTS,
+        json.dump({"machine": cpu, "data": data, "threads": torch.get_num_threads(), "settings": vars(args), "results": RESULTS,
                    "targets": [{"target": t, "measured": m, "met": ok} for t, m, ok in targets()]}, f, indent=1)
     with open(os.path.join(args.out, "speed.md"), "w") as f:
         f.write(md)
