@@ -13,7 +13,7 @@ k-means (10 iterations on 16 random rows per cell) splits the unit sphere into -
 4 sqrt(N)), each instance belongs to the cell of its nearest centroid, and it searches exactly among
 the members of the --nprobe cells whose centroids are nearest to it, about nprobe / nlist of the data.
 The search runs cell by cell, as one matrix product of the instances that probe the cell with the
-cell's members, which keeps the CPU's matrix units busy (faiss scans one query at a time).
+cell's members, which keeps the CPU's matrix units busy; nothing beyond torch is needed.
 README, "Speed", has its recall against the exact search and its time at a million.
 
 Writes into the same directory:

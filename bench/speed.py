@@ -23,7 +23,7 @@
 4. Neighbour mining: exact top-20 of --mine-rows x 768 random unit vectors with mine_neighbors.mine,
    time and peak memory (RSS of a child process), against faiss-cpu's IndexFlatIP when installed.
 5. Metrics: metrics.score on --labels labels against scikit-learn's V-measure and ARI when installed.
-Writes bench/out/speed.json and bench/out/speed.md (--out); the first line of speed.md names the data, its
+Writes bench/out/speed.json and bench/out/speed.md (--out); the lines under the machine name the data, its
 sentence lengths and --max-length, which every encoding and training figure depends on.
 """
 import argparse
@@ -391,7 +391,7 @@ def main():
     bench_mining(args.mine_rows, work)
     bench_metrics(args.labels)
 
-    enc = RESULTS["encode data"][os.path.basename(source)]
+    enc = next(iter(RESULTS["encode data"].values()))  # the first --records records of `source`
     data = (f"Data: the first {enc['sentences']:,} records of {source} for encoding (mean {enc['mean_length']} subword "
             f"tokens, longest {enc['max_length']}, --max-length {args.max_length}) and the first {args.train_records:,} "
             f"for training; mining on random unit vectors (its time does not depend on the values).")
