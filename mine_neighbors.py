@@ -141,15 +141,16 @@ def main():
         idx, sims = mine(feats, args.k, args.chunk)
     else:
         idx, sims = mine_ivf(feats, args.k, args.nlist, args.nprobe)
-        log(f"approximate search (--index ivf): {args.nprobe} of {args.nlist or round(4 * len(feats) ** 0.5)} cells")
+        log(f"approximate search (--index ivf): the nearest {args.nprobe} of "
+            f"{args.nlist or round(4 * len(feats) ** 0.5)} cells searched for each instance")
     if os.path.exists(os.path.join(args.run, "neighbors.json")):
         os.remove(os.path.join(args.run, "neighbors.json"))
     remove_temporaries(args.run)
     save_npy(os.path.join(args.run, "neighbors.npy"), idx)
     save_npy(os.path.join(args.run, "neighbor_sims.npy"), sims)
+    ivf = {"nlist": args.nlist or round(4 * len(feats) ** 0.5), "nprobe": args.nprobe} if args.index == "ivf" else {}
     save_json(os.path.join(args.run, "neighbors.json"),
-              {"k": args.k, "index": args.index, "features_fingerprint": meta["fingerprint"],
-               **({"nlist": args.nlist or round(4 * len(feats) ** 0.5), "nprobe": args.nprobe} if args.index == "ivf" else {})})
+              {"k": args.k, "index": args.index, "features_fingerprint": meta["fingerprint"], **ivf})
     log(f"mean cosine similarity to the {args.k} neighbours: {sims.mean():.3f}")
     if labels is not None:
         log(f"diagnostic (reads gold labels, used by nothing downstream): neighbour purity {purity(idx, labels):.3f}")

@@ -39,9 +39,9 @@ from estimate_k import estimate_k, record
 from mine_neighbors import mine
 from model import URE, scan_loss, train_top
 from rundir import check_source, fail, fingerprint, load_encoded, load_json, load_meta, load_npy, save_json, save_npy
-from training import (InPrecision, arguments, begin_training, context_groups, device, distributed, encode_views, epochs, gather,
-                      load_model, optimizer_and_resume, partners, positive_views, represent_all, save_checkpoint,
-                      save_model, shard, step)
+from training import (InPrecision, arguments, begin_training, context_groups, device, distributed, encode_views,
+                      epochs, gather, load_model, optimizer_and_resume, partners, positive_views, represent_all,
+                      save_checkpoint, save_model, shard, step)
 
 
 def main():

@@ -14,7 +14,8 @@ with stop-gradient (model.URE.siamese):
 No negative pairs: two instances of similar relations are never pushed apart.  Only the top
 --train-layers layers of the encoder learn (model.train_top; README, "Choices").  Both views are run
 together, each row with its own dropout mask, in length-sorted pieces of the random batch
-(training.encode_views), which is cheaper than two passes of the batch padded to its longest sentence.
+(training.encode_views), which is cheaper than two passes of the batch padded to its longest sentence;
+with --precision bf16 the encoder runs under bf16 autocast (training.py, "Precision").
 
 Reads the encoded data directory (encode.py).  Writes into --out:
     model.pt          encoder + projector + predictor state dict, with what rebuilds them offline
@@ -37,9 +38,9 @@ import numpy as np
 from data import DataError
 from model import URE, train_top, z_rank
 from rundir import fail, fingerprint, load_encoded, save_json, save_npy
-from training import (InPrecision, arguments, begin_training, bert_config, build_encoder, context_groups, device, distributed,
-                      epochs, gather, load_tokenizer, optimizer_and_resume, partners, positive_views, represent_all,
-                      save_checkpoint, save_model, shard, step)
+from training import (InPrecision, arguments, begin_training, bert_config, build_encoder, context_groups, device,
+                      distributed, epochs, gather, load_tokenizer, optimizer_and_resume, partners, positive_views,
+                      represent_all, save_checkpoint, save_model, shard, step)
 
 COLLAPSED = 0.2  # z_rank below this: the projections span under a fifth of the directions they could
 

@@ -93,7 +93,8 @@ def run_stages(args, work):
                                "--max-length", args.max_length, "--precision", args.precision, "--quiet", *like)}
         if n <= args.train_max:
             common = ["--epochs", 1, "--precision", args.precision, "--quiet"]
-            fig["train_siamese"] = stage("train_siamese.py", "--data", enc, "--out", os.path.join(d, "siamese"), *common)
+            fig["train_siamese"] = stage("train_siamese.py", "--data", enc, "--out", os.path.join(d, "siamese"),
+                                         *common)
             fig["mine_neighbors"] = stage("mine_neighbors.py", os.path.join(d, "siamese"))
             fig["train_cluster"] = stage("train_cluster.py", "--data", enc, "--init", os.path.join(d, "siamese"),
                                          "--out", os.path.join(d, "cluster"), *common)
@@ -171,7 +172,8 @@ def exact_rows(path, queries, k):
     """Exact K nearest neighbours (not itself) of the rows `queries` among all rows of `path`, by brute force."""
     x = np.load(path, mmap_mode="r")
     q = torch.from_numpy(np.array(x[queries]))
-    best_sims, best_idx = torch.full((len(queries), k), -float("inf")), torch.zeros((len(queries), k), dtype=torch.int64)
+    best_sims = torch.full((len(queries), k), -float("inf"))
+    best_idx = torch.zeros((len(queries), k), dtype=torch.int64)
     for s in range(0, len(x), 100_000):
         sims = q @ torch.from_numpy(np.array(x[s:s + 100_000])).T
         own = (queries >= s) & (queries < s + sims.shape[1])
@@ -202,14 +204,17 @@ def mine_at_scale(args, work):
             print(f"mining {n:,} x {base.shape[1]}: {how} {fig[how]}", flush=True)
         out[n] = fig
         os.remove(path)
-    return {"source": args.mine_from, "base_rows": len(base), "dim": base.shape[1], "nprobe": args.nprobe, "nlist": "4 sqrt(N)", "at": out}
+    return {"source": args.mine_from, "base_rows": len(base), "dim": base.shape[1], "nprobe": args.nprobe,
+            "nlist": "4 sqrt(N)", "at": out}
 
 
 # ----------------------------------------------------------------------------------------------
 
 
 def duration(seconds):
-    return f"{seconds:.1f} s" if seconds < 600 else f"{seconds / 60:.0f} min" if seconds < 36_000 else f"{seconds / 3600:.0f} h"
+    if seconds < 600:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 36_000 else f"{seconds / 3600:.0f} h"
 
 
 def markdown(args, table, scale, distinct, cpu):
@@ -218,13 +223,14 @@ def markdown(args, table, scale, distinct, cpu):
         lines += stage_table(args, table, distinct, cpu)
     if scale:
         lines += ["", f"**Mining at scale** ({cpu}, {os.environ.get('OMP_NUM_THREADS', 'all')} threads; {scale['dim']} "
-                  f"dims; rows made from the {scale['base_rows']:,} distinct rows of {scale['source']}, module docstring; "
-                  f"--index ivf with nlist 4 sqrt(N), nprobe {scale['nprobe']}; recall on {args.recall_queries:,} random "
-                  f"rows against brute force); CPU seconds (wall seconds), peak MB", "",
+                  f"dims; rows made from the {scale['base_rows']:,} distinct rows of {scale['source']}, module "
+                  f"docstring; --index ivf with nlist 4 sqrt(N), nprobe {scale['nprobe']}; recall on "
+                  f"{args.recall_queries:,} random rows against brute force); CPU seconds (wall seconds), peak MB", "",
                   f"| N | exact | ivf | ivf recall@{args.k} |", "|---|---|---|---|"]
         for n, f in scale["at"].items():
             cell = {how: f"{g['seconds']:,} s ({g['wall_seconds']:,} s), {g['peak_mb']:,} MB" for how, g in f.items()}
-            lines.append(f"| {n:,} | {cell.get('exact', 'not run')} | {cell['ivf']} | {f['ivf'][f'recall_at_{args.k}']} |")
+            recall = f["ivf"][f"recall_at_{args.k}"]
+            lines.append(f"| {n:,} | {cell.get('exact', 'not run')} | {cell['ivf']} | {recall} |")
     return "\n".join(lines) + "\n"
 
 
@@ -240,7 +246,8 @@ def stage_table(args, table, distinct, cpu):
     for s, t in table.items():
         cells = [f"{duration(r['seconds'])} ({r['peak_mb']:,} MB)" if r["measured"] else f"*{duration(r['seconds'])}*"
                  for r in (t["at"][n] for n in sizes)]
-        lines.append(f"| {s} | {t['a']} + {t['b']:.3g} N^{GROWTH[s]} | {t['loglog_exponent']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {s} | {t['a']} + {t['b']:.3g} N^{GROWTH[s]} | {t['loglog_exponent']} | "
+                     + " | ".join(cells) + " |")
     return lines
 
 

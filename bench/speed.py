@@ -393,11 +393,12 @@ def main():
 
     enc = next(iter(RESULTS["encode data"].values()))  # the first --records records of `source`
     data = (f"Data: the first {enc['sentences']:,} records of {source} for encoding (mean {enc['mean_length']} subword "
-            f"tokens, longest {enc['max_length']}, --max-length {args.max_length}) and the first {args.train_records:,} "
-            f"for training; mining on random unit vectors (its time does not depend on the values).")
+            f"tokens, longest {enc['max_length']}, --max-length {args.max_length}) and the first "
+            f"{args.train_records:,} for training; mining on random unit vectors (its time does not depend on the values).")
     md = markdown(cpu, data) + f"\nTotal wall time {time.time() - t0:.0f} s.\n"
     with open(os.path.join(args.out, "speed.json"), "w") as f:
-        json.dump({"machine": cpu, "data": data, "threads": torch.get_num_threads(), "settings": vars(args), "results": RESULTS,
+        json.dump({"machine": cpu, "data": data, "threads": torch.get_num_threads(), "settings": vars(args),
+                   "results": RESULTS,
                    "targets": [{"target": t, "measured": m, "met": ok} for t, m, ok in targets()]}, f, indent=1)
     with open(os.path.join(args.out, "speed.md"), "w") as f:
         f.write(md)
