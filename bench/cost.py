@@ -42,7 +42,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from mine_neighbors import mine  # noqa: E402
-from quality import default_data_dir  # noqa: E402  (bench/quality.py, beside this file)
+from quality import default_data_dir, in_format_of, records_of  # noqa: E402  (bench/quality.py, beside this file)
 
 GROWTH = {"encode": 1, "train_siamese": 1, "mine_neighbors": 2, "train_cluster": 1, "predict": 1}
 
@@ -63,24 +63,18 @@ def stage(*args):
 
 
 def resample(source, n, path):
-    """N records drawn with replacement from a TACRED list or a FewRel object, written as a TACRED-style list
-    or a FewRel object of the same form."""
+    """n records drawn with replacement (seed 0) from a TACRED list or a FewRel object, written in its
+    format; returns the number of records drawn from."""
     with open(source, encoding="utf-8") as f:
         raw = json.load(f)
-    items = raw if isinstance(raw, list) else [(r, x) for r, xs in raw.items() for x in xs]
-    chosen = [items[i] for i in np.random.default_rng(0).integers(len(items), size=n)]
-    if not isinstance(raw, list):
-        grouped = {}
-        for r, x in chosen:
-            grouped.setdefault(r, []).append(x)
-        chosen = grouped
+    items = records_of(raw)
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(chosen, f)
+        json.dump(in_format_of(raw, [items[i] for i in np.random.default_rng(0).integers(len(items), size=n)]), f)
     return len(items)
 
 
 def run_stages(args, work):
-    """seconds and MB of every stage at every N; None where not run."""
+    """CPU and wall seconds and peak MB of every stage at every N (the training stages up to --train-max)."""
     out = {}
     first = None
     for n in args.sizes:

@@ -43,21 +43,30 @@ def split(path, out_dir, seed):
     """80 / 20 split of a TACRED list or a FewRel object, written in the file's own format."""
     with open(path, encoding="utf-8") as f:
         raw = json.load(f)
-    items = raw if isinstance(raw, list) else [(r, x) for r, xs in raw.items() for x in xs]
+    items = records_of(raw)
     order = np.random.default_rng(seed).permutation(len(items))
     cut = int(0.8 * len(items))
     files = []
     for name, part in (("train", order[:cut]), ("test", order[cut:])):
-        chosen = [items[i] for i in sorted(part)]
-        if not isinstance(raw, list):
-            grouped = {}
-            for r, x in chosen:
-                grouped.setdefault(r, []).append(x)
-            chosen = grouped
         files.append(os.path.join(out_dir, f"{name}.json"))
         with open(files[-1], "w", encoding="utf-8") as f:
-            json.dump(chosen, f)
+            json.dump(in_format_of(raw, [items[i] for i in sorted(part)]), f)
     return files
+
+
+def records_of(raw):
+    """The records of a TACRED list, or the (relation, record) pairs of a FewRel object."""
+    return raw if isinstance(raw, list) else [(r, x) for r, xs in raw.items() for x in xs]
+
+
+def in_format_of(raw, chosen):
+    """Records chosen from records_of(raw), in raw's format: a list, or a FewRel object again."""
+    if isinstance(raw, list):
+        return chosen
+    grouped = {}
+    for r, x in chosen:
+        grouped.setdefault(r, []).append(x)
+    return grouped
 
 
 def run(cmd, times, label):
