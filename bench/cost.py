@@ -164,7 +164,7 @@ def make_rows(base, n, path, seed=0):
 
 def exact_rows(path, queries, k):
     """Exact K nearest neighbours (not itself) of the rows `queries` among all rows of `path`, by brute force."""
-    x = np.load(path, mmap_mode="r")
+    x = np.load(path, mmap_mode="r", allow_pickle=False)
     q = torch.from_numpy(np.array(x[queries]))
     best_sims = torch.full((len(queries), k), -float("inf"))
     best_idx = torch.zeros((len(queries), k), dtype=torch.int64)
@@ -178,7 +178,7 @@ def exact_rows(path, queries, k):
 
 
 def mine_at_scale(args, work):
-    base = np.unique(np.load(args.mine_from, mmap_mode="r").astype(np.float32), axis=0)
+    base = np.unique(np.load(args.mine_from, mmap_mode="r", allow_pickle=False).astype(np.float32), axis=0)
     base /= np.linalg.norm(base, axis=1, keepdims=True)
     out = {}
     for n in args.mine_sizes:
@@ -192,7 +192,7 @@ def mine_at_scale(args, work):
                 continue
             found = os.path.join(work, f"found_{how}.npy")
             fig[how] = child([sys.executable, "-c", MINE_CHILD, ROOT, path, how, str(args.k), str(args.nprobe), found])
-            idx = np.load(found)[queries]
+            idx = np.load(found, allow_pickle=False)[queries]
             fig[how][f"recall_at_{args.k}"] = round(float(np.mean([len(set(a) & set(b)) / args.k
                                                                    for a, b in zip(idx, truth)])), 4)
             print(f"mining {n:,} x {base.shape[1]}: {how} {fig[how]}", flush=True)
