@@ -13,12 +13,15 @@ so an instance and its neighbours get the same confident prediction while the en
 prediction keeps the K clusters in use; the Siamese loss keeps shaping the encoder meanwhile (its top
 --train-layers layers, as in train_siamese.py).
 Every --remine-every epochs the neighbours are mined again from the current features, with the
-function mine_neighbors.mine, so they improve as the features do.
+function mine_neighbors.mine, so they improve as the features do.  Last (refit_head, not in the paper),
+the head is fitted to the encoder it ends with: the encoder fixed, the prototypes restarted at the
+k-means centroids of its final features and trained with the SCAN loss alone on their neighbours for
+--refit-epochs epochs, since prototypes trained while the features moved end behind them.
 
 Writes into --out:
     model.pt        encoder + Siamese heads + clustering head
     features.npy    float32 [N, D]   eval-mode r after training
-    probs.npy       float32 [N, K]   cluster probabilities
+    probs.npy       float32 [N, K]   cluster probabilities (of the refitted head)
     pred.npy        int32   [N]      argmax cluster of each instance
     checkpoint.pt   after each epoch (--resume goes on from it)
     meta.json       arguments, per-epoch losses and seconds, cluster sizes, timing; written last

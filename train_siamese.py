@@ -7,7 +7,9 @@ positive pair.  With --positives dropout (the paper) the second view is the same
 dropout mask.  With --positives key it is another sentence with the same relation
 context (encode.py's context_key.npy: the same words between the entities, the same order and type pair;
 training.partners), so that one relation is tied across different entities; an instance whose context
-no other shares keeps its dropout view.  The representation r (model.RelationEncoder) of each view goes
+no other shares keeps its dropout view.  With --positives entity it is the same sentence with its head
+and its tail replaced by the mentions of other instances of the same types (training.substituted).
+The representation r (model.RelationEncoder) of each view goes
 through the projector (z) and the predictor (p), and the loss is SimSiam's symmetric negative cosine
 with stop-gradient (model.URE.siamese):
     L = -( cos(p1, sg(z2)) + cos(p2, sg(z1)) ) / 2.
