@@ -13,12 +13,15 @@ so an instance and its neighbours get the same confident prediction while the en
 prediction keeps the K clusters in use; the Siamese loss keeps shaping the encoder meanwhile (its top
 --train-layers layers, as in train_siamese.py).
 Every --remine-every epochs the neighbours are mined again from the current features, with the
-function mine_neighbors.mine, so they improve as the features do.
+function mine_neighbors.mine, so they improve as the features do.  Last (refit_head, not in the paper),
+the head is fitted to the encoder it ends with: the encoder fixed, the prototypes restarted at the
+k-means centroids of its final features and trained with the SCAN loss alone on their neighbours for
+--refit-epochs epochs, since prototypes trained while the features moved end behind them.
 
 Writes into --out:
     model.pt        encoder + Siamese heads + clustering head
     features.npy    float32 [N, D]   eval-mode r after training
-    probs.npy       float32 [N, K]   cluster probabilities
+    probs.npy       float32 [N, K]   cluster probabilities (of the refitted head)
     pred.npy        int32   [N]      argmax cluster of each instance
     checkpoint.pt   after each epoch (--resume goes on from it)
     meta.json       arguments, per-epoch losses and seconds, cluster sizes, timing; written last
@@ -41,7 +44,28 @@ from model import URE, scan_loss, train_top
 from rundir import check_source, fail, fingerprint, load_encoded, load_json, load_meta, load_npy, save_json, save_npy
 from training import (InPrecision, arguments, begin_training, context_groups, device, distributed, encode_views,
                       epochs, gather, load_model, optimizer_and_resume, partners, positive_views, represent_all,
-                      save_checkpoint, save_model, shard, step)
+                      save_checkpoint, save_model, second_views, shard, step)
+
+
+def refit_head(head, feats, n_neighbors, args):
+    """The last step: the cluster head fitted to the encoder it ends with.  During the joint epochs the
+    prototypes chase features that keep moving, and they end behind them (README, "Choices").  So the
+    encoder is now fixed: its eval-mode features are computed once, their neighbours mined (as many as
+    the Siamese stage's), the prototypes restarted at their k-means centroids, and only the head trained
+    with the SCAN loss for --refit-epochs epochs of random batches.  Returns the k-means cluster sizes."""
+    x = torch.from_numpy(feats).to(device())
+    neighbors, _ = mine(feats, n_neighbors)
+    sizes = np.bincount(head.init_from(feats, args.seed).numpy(), minlength=head.out_features)
+    opt = torch.optim.Adam(head.parameters(), lr=args.head_lr)
+    rng = np.random.default_rng([args.seed, args.epochs])
+    for _ in range(args.refit_epochs):
+        for b in np.array_split(rng.permutation(len(x)), max(1, len(x) // args.batch_size)):
+            nb = neighbors[b, rng.integers(neighbors.shape[1], size=len(b))]
+            loss, _, _ = scan_loss(head(x[b]), head(x[nb]), args.entropy_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return sizes
 
 
 def main():
@@ -55,6 +79,9 @@ def main():
                     help="with --positives key: an instance with a relation-context group takes its SCAN neighbour "
                          "from that group (training.partners), the others from the mined neighbours")
     ap.add_argument("--remine-every", type=int, default=1, help="epochs between neighbour re-mining (0: never)")
+    ap.add_argument("--refit-epochs", type=int, default=10,
+                    help="epochs of the last step, the head alone fitted to the final features (refit_head; 0: none, "
+                         "the head as the joint epochs leave it)")
     args = ap.parse_args()
     rank, world, log, settings = begin_training("cluster", args)
 
@@ -107,7 +134,8 @@ def main():
             nb = neighbors[b, rng.integers(neighbors.shape[1], size=len(b))]
             if groups is not None and args.context_neighbors:
                 nb = np.where(groups[b] >= 0, partners(groups, b, rng), nb)
-            pb = None if groups is None else shard(partners(groups, b, rng), rank, world)
+            pb = second_views(arrays, b, rng, args, groups)
+            pb = None if pb is None else shard(pb, rank, world)
             r1, r2 = positive_views(encoder, arrays, shard(b, rank, world), pb)
             r1, r2 = gather(r1, len(b), world), gather(r2, len(b), world)
             siam, _ = model.siamese(r1, r2)
@@ -132,10 +160,17 @@ def main():
             save_checkpoint(checkpoint, model, opt, sched, epoch + 1, run_id=run_id, history=history,
                             neighbors=torch.from_numpy(neighbors))
 
-    feats, probs = represent_all(forward, arrays, lambda b: log.progress(b, "features"), rank, world,
-                                 model.cluster_head)
+    feats, _ = represent_all(forward, arrays, lambda b: log.progress(b, "features"), rank, world)
     if rank > 0:
         return
+    if args.refit_epochs:
+        t0 = time.time()
+        sizes = refit_head(model.cluster_head, feats, neighbors.shape[1], args)
+        log(f"head refitted to the final features: prototypes restarted at their k-means centroids (sizes "
+            f"{sorted(sizes.tolist(), reverse=True)}), {args.refit_epochs} epochs of the SCAN loss alone on "
+            f"neighbours mined from them ({time.time() - t0:.1f} s)")
+    with torch.no_grad():
+        probs = model.cluster_head(torch.from_numpy(feats).to(device())).softmax(-1).cpu().numpy()
     pred = probs.argmax(1).astype(np.int32)
     sizes = np.bincount(pred, minlength=args.k)
     save_model(os.path.join(args.out, "model.pt"), model, {**config, "k": args.k})

@@ -4,10 +4,12 @@
 
 Each batch of marked sentences goes through the encoder twice in training mode, as the two views of a
 positive pair.  With --positives dropout (the paper) the second view is the same sentence under another
-dropout mask.  With --positives key (the default) it is another sentence with the same relation
+dropout mask.  With --positives key it is another sentence with the same relation
 context (encode.py's context_key.npy: the same words between the entities, the same order and type pair;
 training.partners), so that one relation is tied across different entities; an instance whose context
-no other shares keeps its dropout view.  The representation r (model.RelationEncoder) of each view goes
+no other shares keeps its dropout view.  With --positives entity it is the same sentence with its head
+and its tail replaced by the mentions of other instances of the same types (training.substituted).
+The representation r (model.RelationEncoder) of each view goes
 through the projector (z) and the predictor (p), and the loss is SimSiam's symmetric negative cosine
 with stop-gradient (model.URE.siamese):
     L = -( cos(p1, sg(z2)) + cos(p2, sg(z1)) ) / 2.
@@ -39,8 +41,8 @@ from data import DataError
 from model import URE, train_top, z_rank
 from rundir import fail, fingerprint, load_encoded, save_json, save_npy
 from training import (InPrecision, arguments, begin_training, bert_config, build_encoder, context_groups, device,
-                      distributed, epochs, gather, load_tokenizer, optimizer_and_resume, partners, positive_views,
-                      represent_all, save_checkpoint, save_model, shard, step)
+                      distributed, epochs, gather, load_tokenizer, optimizer_and_resume, positive_views, represent_all,
+                      save_checkpoint, save_model, second_views, shard, step)
 
 COLLAPSED = 0.2  # z_rank below this: the projections span under a fifth of the directions they could
 
@@ -71,7 +73,8 @@ def main():
     for epoch, rng, batches in epochs(args, arrays, start, rank, world, log):
         t0, losses, ranks = time.time(), [], []
         for b in batches:
-            pb = None if groups is None else shard(partners(groups, b, rng), rank, world)
+            pb = second_views(arrays, b, rng, args, groups)
+            pb = None if pb is None else shard(pb, rank, world)
             r1, r2 = positive_views(encoder, arrays, shard(b, rank, world), pb)
             loss, z = model.siamese(gather(r1, len(b), world), gather(r2, len(b), world))
             step(opt, sched, loss)

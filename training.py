@@ -145,11 +145,15 @@ def encode_views(encoder, arrays, idx, views=1, piece=8):
 
 def positive_views(encoder, arrays, b, pb=None):
     """The two training-mode views (r1, r2) of the instances `b`, each [len(b), D]: without `pb`, the
-    same sentences twice, each with its own dropout mask (the paper); with it, r2 of b[i] is the
-    sentence pb[i] (`partners`: another sentence with the same relation context)."""
+    same sentences twice, each with its own dropout mask (the paper); with `pb` a vector, r2 of b[i] is
+    the sentence pb[i] (`partners`: another sentence with the same relation context); with `pb` a
+    [len(b), 2] matrix, r2 of b[i] is b[i] with its head and tail mentions taken from the instances
+    pb[i] (`donors`, `substituted`: entity substitution)."""
     if pb is None:
         r1, r2 = encode_views(encoder, arrays, b, views=2)
         return r1, r2
+    if pb.ndim == 2:
+        return encode_views(encoder, arrays, b)[0], encode_views(encoder, substituted(arrays, b, pb), np.arange(len(b)))[0]
     r = encode_views(encoder, arrays, np.concatenate([b, pb]))[0]
     return r[:len(b)], r[len(b):]
 
@@ -174,6 +178,64 @@ def partners(groups, b, rng):
             members = np.flatnonzero(groups == groups[i])
             members = members[members != i]
             out[j] = members[rng.integers(len(members))]
+    return out
+
+
+def second_views(arrays, b, rng, args, groups):
+    """What `positive_views` takes as `pb` for the global batch `b` under --positives: None (dropout),
+    `partners` (key) or `donors` (entity).  Drawn for the whole batch, so that every rank draws alike."""
+    if args.positives == "key":
+        return partners(groups, b, rng)
+    if args.positives == "entity":
+        return donors(arrays, b, rng)
+    return None
+
+
+def donors(arrays, b, rng):
+    """For each instance of `b`, a random instance whose head start marker is the same token as its own
+    (the same entity type, <h:PERSON>; any head where the data has no types) and one whose tail start
+    marker is: [len(b), 2], the mentions that --positives entity puts in its place (AugURE's entity
+    substitution, Wang et al. 2022)."""
+    rows = np.arange(len(arrays["lengths"]))
+    ids = arrays["input_ids"]
+    out = np.empty((len(b), 2), np.int64)
+    for c, pos in enumerate(("head_pos", "tail_pos")):
+        marker = np.asarray(ids[rows, np.asarray(arrays[pos])])
+        for j, i in enumerate(b):
+            members = np.flatnonzero(marker == marker[i])
+            out[j, c] = members[rng.integers(len(members))]
+    return out
+
+
+def substituted(arrays, b, pb):
+    """The sentences of `b` with the words between the head's markers replaced by those of instance
+    pb[:, 0]'s head and the tail's by pb[:, 1]'s tail, as encoded arrays (input_ids, lengths and the four
+    marker positions) that `to_batch` reads.  A sentence that would outgrow the encoded width keeps
+    its own mentions."""
+    width = arrays["input_ids"].shape[1]
+    rows = []
+    for i, (h, t) in zip(b, pb):
+        ids = arrays["input_ids"][i, :arrays["lengths"][i]].tolist()
+        hp, he, tp, te = (int(arrays[name][i]) for name in ("head_pos", "head_end", "tail_pos", "tail_end"))
+        mention = {"h": arrays["input_ids"][h, arrays["head_pos"][h] + 1:arrays["head_end"][h]].tolist(),
+                   "t": arrays["input_ids"][t, arrays["tail_pos"][t] + 1:arrays["tail_end"][t]].tolist()}
+        (a, ae, x), (c, ce, y) = sorted([(hp, he, "h"), (tp, te, "t")])  # the entity that comes first
+        new = ids[:a + 1] + mention[x] + ids[ae:c + 1] + mention[y] + ids[ce:]
+        if len(new) > width:
+            new, pos = ids, (hp, he, tp, te)
+        else:
+            ae2 = a + 1 + len(mention[x])
+            c2 = ae2 + (c - ae)
+            ce2 = c2 + 1 + len(mention[y])
+            first, second = (a, ae2), (c2, ce2)
+            (hp, he), (tp, te) = (first, second) if x == "h" else (second, first)
+            pos = (hp, he, tp, te)
+        rows.append((new, pos))
+    out = {"input_ids": np.zeros((len(b), width), np.int64), "lengths": np.array([len(r) for r, _ in rows])}
+    for j, (r, _) in enumerate(rows):
+        out["input_ids"][j, :len(r)] = r
+    for c, name in enumerate(("head_pos", "head_end", "tail_pos", "tail_end")):
+        out[name] = np.array([pos[c] for _, pos in rows])
     return out
 
 
@@ -282,10 +344,10 @@ def arguments(doc):
     ap.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the heads")
     ap.add_argument("--train-layers", type=int, default=2,
                     help="train only this many top layers of the encoder (0: all, embeddings too)")
-    ap.add_argument("--positives", choices=("dropout", "key"), default="dropout",
-                    help="second view of an instance: itself with other dropout masks (dropout, the paper's); or "
-                         "another sentence with the same relation context where it has one (key; README, "
-                         "\"Choices\")")
+    ap.add_argument("--positives", choices=("dropout", "key", "entity"), default="dropout",
+                    help="second view of an instance: itself with other dropout masks (dropout, the paper's); "
+                         "another sentence with the same relation context where it has one (key); or itself with "
+                         "its head and tail replaced by other mentions of the same types (entity; README, \"Choices\")")
     add_precision(ap)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="go on from --out/checkpoint.pt")

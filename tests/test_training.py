@@ -248,3 +248,101 @@ def test_context_groups_missing_file_is_a_clear_error():
         T.context_groups({}, args)
     args.positives = "dropout"
     assert T.context_groups({}, args) is None
+
+
+# ---- entity substitution (--positives entity) -----------------------------------------------------
+
+H, EH, TT, ET = 90, 91, 92, 93  # marker ids of <h:A>, </h:A>, <t:B>, </t:B> in the arrays below
+
+
+def marked_arrays():
+    """Four sentences: [CLS] ... <h> head words </h> ... <t> tail words </t> ... [SEP], the tail first in
+    the second one, and a head of another type (marker 94) in the last one."""
+    rows = [[1, H, 10, 11, EH, 5, TT, 20, ET, 6, 2],
+            [1, TT, 21, ET, 7, H, 12, 13, 14, EH, 2],
+            [1, H, 15, EH, TT, 22, 23, ET, 2],
+            [1, 94, 16, 95, 8, TT, 24, ET, 2]]
+    ids = np.zeros((4, 14), np.int32)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = r
+    pos = lambda m: np.array([r.index(m) if m in r else r.index(m + 4) for r in rows], np.int32)  # noqa: E731
+    return {"input_ids": ids, "lengths": np.array([len(r) for r in rows], np.int32), "head_pos": pos(H),
+            "head_end": pos(EH), "tail_pos": pos(TT), "tail_end": pos(ET)}
+
+
+def test_substituted_puts_the_donors_mentions_between_the_markers():
+    arrays = marked_arrays()
+    out = T.substituted(arrays, np.array([0, 1, 2]), np.array([[1, 2], [2, 0], [0, 1]]))
+    rows = [out["input_ids"][j, :out["lengths"][j]].tolist() for j in range(3)]
+    assert rows[0] == [1, H, 12, 13, 14, EH, 5, TT, 22, 23, ET, 6, 2]
+    assert rows[1] == [1, TT, 20, ET, 7, H, 15, EH, 2]                  # tail first: still right
+    assert rows[2] == [1, H, 10, 11, EH, TT, 21, ET, 2]
+    for j, r in enumerate(rows):  # the positions point at the markers of the new sentence
+        assert (r[out["head_pos"][j]], r[out["head_end"][j]]) == (H, EH)
+        assert (r[out["tail_pos"][j]], r[out["tail_end"][j]]) == (TT, ET)
+    assert (out["input_ids"][0, 13:] == 0).all() and out["input_ids"].shape == (3, 14)
+    # a sentence that would outgrow the encoded width (here 11) keeps its own mentions
+    arrays["input_ids"] = arrays["input_ids"][:, :11]
+    out = T.substituted(arrays, np.array([0, 2]), np.array([[1, 2], [0, 0]]))
+    assert out["input_ids"][0].tolist() == arrays["input_ids"][0].tolist() and out["lengths"][0] == 11
+    assert out["input_ids"][1, :out["lengths"][1]].tolist() == [1, H, 10, 11, EH, TT, 20, ET, 2]
+    assert (out["head_pos"][0], out["head_end"][0], out["tail_pos"][0], out["tail_end"][0]) == (1, 4, 6, 8)
+
+
+def test_donors_share_the_entity_marker():
+    arrays = marked_arrays()
+    b = np.arange(4)
+    for seed in range(20):
+        d = T.donors(arrays, b, np.random.default_rng(seed))
+        assert d.shape == (4, 2)
+        heads = arrays["input_ids"][np.arange(4), arrays["head_pos"]]
+        tails = arrays["input_ids"][np.arange(4), arrays["tail_pos"]]
+        assert (heads[d[:, 0]] == heads).all() and (tails[d[:, 1]] == tails).all()
+        assert d[3, 0] == 3  # the only head of its type: its own
+
+
+def test_positive_views_entity_encodes_the_substituted_sentence():
+    """With donors, r2 of row i is r of sentence i with the donors' mentions: with itself as the donor of
+    both mentions, in eval mode, r2 == r1; with others, it differs."""
+    arrays = encoded_arrays(n=6)
+    encoder = tiny_ure().encoder.eval()
+    b = np.arange(6)
+    with torch.no_grad():
+        r1, r2 = T.positive_views(encoder, arrays, b, np.stack([b, b], 1))
+        assert torch.allclose(r1, r2, atol=1e-5)
+        _, r3 = T.positive_views(encoder, arrays, b, np.stack([np.roll(b, 1), np.roll(b, 2)], 1))
+    assert not torch.allclose(r1, r3, atol=1e-3)
+
+
+# ---- the head refitted to the final features (train_cluster.refit_head) ----------------------------
+
+def test_refit_head_recovers_blobs_from_stale_prototypes():
+    """Prototypes left where features used to be (random directions) are restarted at the k-means
+    centroids of the features and trained with the SCAN loss alone: the head then finds the blobs, the
+    SCAN loss on its neighbours is lower than before, and the same seed gives the same head."""
+    import types
+    import model as M
+    import train_cluster
+    from metrics import score
+    from mine_neighbors import mine
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 24))
+    labels = np.repeat(np.arange(4), 50)
+    feats = (centres[labels] + 0.3 * rng.normal(size=(200, 24))).astype(np.float32)
+    args = types.SimpleNamespace(seed=0, head_lr=1e-3, refit_epochs=3, batch_size=32, entropy_weight=2.0, epochs=1)
+    x = torch.from_numpy(feats)
+    nb = torch.from_numpy(mine(feats, 5)[0][:, 0].astype(np.int64))
+    heads = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        head = M.ClusterHead(24, 4)
+        with torch.no_grad():
+            before = M.scan_loss(head(x), head(x[nb]), 2.0)[0].item()
+        sizes = train_cluster.refit_head(head, feats, 5, args)
+        with torch.no_grad():
+            after = M.scan_loss(head(x), head(x[nb]), 2.0)[0].item()
+            pred = head(x).argmax(1).numpy()
+        assert sorted(sizes.tolist()) == [50] * 4
+        assert score(labels, pred)["ari"] == 1.0 and after < before
+        heads.append(head.weight.detach().clone())
+    assert torch.equal(*heads)
