@@ -64,8 +64,7 @@ def mine_ivf(features, k, nlist=None, nprobe=16, seed=0, block=1 << 25):
         raise DataError(f"neighbour mining: K = {k} needs at least K + 1 instances, there are {n}")
     for start in range(0, n, 65536):  # in place, block by block: no second copy of a large matrix
         x[start:start + 65536] = torch.nn.functional.normalize(x[start:start + 65536], dim=1)
-    nlist = min(n, nlist or round(4 * n ** 0.5))
-    nprobe = min(nprobe, nlist)
+    nlist, nprobe = ivf_cells(n, nlist, nprobe)
     g = torch.Generator().manual_seed(seed)
     centroids = spherical_kmeans(x[torch.randperm(n, generator=g)[:16 * nlist]], nlist, g)
     probe = torch.cat([(x[s:s + 65536] @ centroids.T).topk(nprobe, dim=1).indices for s in range(0, n, 65536)])
@@ -90,6 +89,12 @@ def mine_ivf(features, k, nlist=None, nprobe=16, seed=0, block=1 << 25):
         raise DataError(f"neighbour mining: --nprobe {nprobe} of {nlist} cells holds fewer than K = {k} other "
                         f"instances for some; raise --nprobe or use --index exact")
     return best_idx.numpy().astype(np.int32), best_sims.numpy()
+
+
+def ivf_cells(n, nlist=None, nprobe=16):
+    """(cells, cells searched) of `mine_ivf` on n rows: --nlist (default 4 sqrt(N)) and --nprobe, at most n."""
+    nlist = min(n, nlist or round(4 * n ** 0.5))
+    return nlist, min(nprobe, nlist)
 
 
 def by_cell(cells, nlist):
@@ -137,18 +142,19 @@ def main():
         if data != args.run:
             check_source(meta, load_meta(data, ("encode",)), args.run)
         labels = load_npy(os.path.join(data, "labels.npy"), meta["n_instances"])
+    ivf = {}
     if args.index == "exact":
         idx, sims = mine(feats, args.k, args.chunk)
     else:
-        idx, sims = mine_ivf(feats, args.k, args.nlist, args.nprobe)
-        log(f"approximate search (--index ivf): the nearest {args.nprobe} of "
-            f"{args.nlist or round(4 * len(feats) ** 0.5)} cells searched for each instance")
+        ivf = dict(zip(("nlist", "nprobe"), ivf_cells(len(feats), args.nlist, args.nprobe)))
+        idx, sims = mine_ivf(feats, args.k, ivf["nlist"], ivf["nprobe"])
+        log(f"approximate search (--index ivf): the nearest {ivf['nprobe']} of {ivf['nlist']} cells searched "
+            f"for each instance")
     if os.path.exists(os.path.join(args.run, "neighbors.json")):
         os.remove(os.path.join(args.run, "neighbors.json"))
     remove_temporaries(args.run)
     save_npy(os.path.join(args.run, "neighbors.npy"), idx)
     save_npy(os.path.join(args.run, "neighbor_sims.npy"), sims)
-    ivf = {"nlist": args.nlist or round(4 * len(feats) ** 0.5), "nprobe": args.nprobe} if args.index == "ivf" else {}
     save_json(os.path.join(args.run, "neighbors.json"),
               {"k": args.k, "index": args.index, "features_fingerprint": meta["fingerprint"], **ivf})
     log(f"mean cosine similarity to the {args.k} neighbours: {sims.mean():.3f}")

@@ -153,7 +153,8 @@ def positive_views(encoder, arrays, b, pb=None):
         r1, r2 = encode_views(encoder, arrays, b, views=2)
         return r1, r2
     if pb.ndim == 2:
-        return encode_views(encoder, arrays, b)[0], encode_views(encoder, substituted(arrays, b, pb), np.arange(len(b)))[0]
+        r1 = encode_views(encoder, arrays, b)[0]
+        return r1, encode_views(encoder, substituted(arrays, b, pb), np.arange(len(b)))[0]
     r = encode_views(encoder, arrays, np.concatenate([b, pb]))[0]
     return r[:len(b)], r[len(b):]
 
