@@ -3,6 +3,7 @@
     python bench/quality.py                       # both sets, about 40 min on 2 cores
     python bench/quality.py --sets redocred --siamese-epochs 1 --cluster-epochs 1
     python bench/quality.py --data-dir DIR        # the files in DIR
+    python bench/quality.py --sets redocred --precision bf16 --seed 1   # bf16 against fp32, seed by seed
 
 It reads redocred_dev.json (sentence-level instances, TACRED JSON) and fewrel_val_wiki.json from
 --data-dir: by default ../shared/data where it is there, else data/real, where `python data/prepare.py
@@ -95,20 +96,21 @@ def bench_set(name, args):
     train, test = split(os.path.join(args.data_dir, file), out, args.seed)
     times, table = {}, {}
     ml = ["--max-length", str(args.max_length)]
-    run(["encode.py", train, "--out", f"{out}/train", "--features", *ml], times, "encode")
-    run(["encode.py", test, "--out", f"{out}/test", "--features", "--tokenizer-from", f"{out}/train", *ml],
+    pr = ["--precision", args.precision]
+    run(["encode.py", train, "--out", f"{out}/train", "--features", *ml, *pr], times, "encode")
+    run(["encode.py", test, "--out", f"{out}/test", "--features", "--tokenizer-from", f"{out}/train", *ml, *pr],
         times, "encode")
     run(["train_siamese.py", "--data", f"{out}/train", "--out", f"{out}/siamese",
-         "--epochs", str(args.siamese_epochs), "--seed", str(args.seed)], times, "train_siamese")
+         "--epochs", str(args.siamese_epochs), "--seed", str(args.seed), *pr], times, "train_siamese")
     run(["mine_neighbors.py", f"{out}/siamese"], times, "mine_neighbors")
-    run(["predict.py", "--model", f"{out}/siamese", "--data", f"{out}/test", "--out", f"{out}/test_siamese"],
+    run(["predict.py", "--model", f"{out}/siamese", "--data", f"{out}/test", "--out", f"{out}/test_siamese", *pr],
         times, "predict")
     for k in (10, n_gold):
         run(["train_cluster.py", "--data", f"{out}/train", "--init", f"{out}/siamese", "--out",
-             f"{out}/cluster_k{k}", "--k", str(k), "--epochs", str(args.cluster_epochs), "--seed", str(args.seed)],
-            times, "train_cluster")
+             f"{out}/cluster_k{k}", "--k", str(k), "--epochs", str(args.cluster_epochs), "--seed", str(args.seed),
+             *pr], times, "train_cluster")
         run(["predict.py", "--model", f"{out}/cluster_k{k}", "--data", f"{out}/test", "--out",
-             f"{out}/test_cluster_k{k}"], times, "predict")
+             f"{out}/test_cluster_k{k}", *pr], times, "predict")
         rows = evaluate([f"{out}/test_cluster_k{k}", f"{out}/test_siamese", f"{out}/test"], k,
                         f"{out}/metrics_k{k}.json", times)
         table[k] = rows
@@ -122,7 +124,8 @@ def bench_set(name, args):
 
 def markdown(results, args):
     lines = [f"Held-out 20 % (seed {args.seed}), all-MiniLM-L6-v2 with its top 2 layers trained, {args.siamese_epochs} "
-             f"Siamese + {args.cluster_epochs} clustering epochs, max length {args.max_length}; percent.", ""]
+             f"Siamese + {args.cluster_epochs} clustering epochs, max length {args.max_length}, "
+             f"{args.precision}; percent.", ""]
     for name, r in results.items():
         for k, rows in r["table"].items():
             lines += [f"**{r['data']}, K = {k}** (pooling: {r['pooling']})", "",
@@ -164,7 +167,8 @@ def main():
     ap.add_argument("--siamese-epochs", type=int, default=2)
     ap.add_argument("--cluster-epochs", type=int, default=1)
     ap.add_argument("--max-length", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="of the 80 / 20 split and of every stage")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="passed to every stage")
     args = ap.parse_args()
     missing = [s for s in args.sets if not os.path.isfile(os.path.join(args.data_dir, SETS[s][0]))]
     if missing:
