@@ -356,9 +356,9 @@ def _fewrel_instance(path, i, r, relation):
 # 2. Marker injection
 
 
-# how the encoder turns the marked sentence into r (model.RelationEncoder): the start markers' states,
-# the entity spans' mean states, or both
-POOLINGS = ("both", "markers", "spans")
+# how the encoder turns the marked sentence into r (model.RelationEncoder): the start markers' states and
+# the entity spans' mean states, side by side (the default) or as head-tail sums and differences, or one kind
+POOLINGS = ("both", "sumdiff", "markers", "spans")
 
 
 def markers(head_type, tail_type):

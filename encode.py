@@ -31,7 +31,7 @@ Writes into --out:
     labels.npy      int32 [N]    gold relation id, names in label_names.json, when every record has one;
                                  read by evaluate.py only
     features.npy  float32 [N, D] with --features: the frozen encoder's r (--pooling; D = 4 x hidden size
-                                 for both, 2 x for one), computed in --precision (bf16: under autocast)
+                                 for sumdiff and both, 2 x for one), computed in --precision (bf16: under autocast)
     meta.json                    what was read and written; written last, so its presence means complete
 """
 import argparse
@@ -55,8 +55,8 @@ def main():
     ap.add_argument("--tokenizer-from", metavar="RUN",
                     help="reuse the model and marker vocabulary of another encoded run (for test or new data)")
     ap.add_argument("--pooling", choices=POOLINGS,
-                    help="r = the states at the two start markers, the mean states of the two entity spans, "
-                         "or both side by side (default)")
+                    help="r = the states at the two start markers and the mean states of the two entity spans, "
+                         "side by side (both, the default) or as head + tail and head - tail (sumdiff), or one kind")
     ap.add_argument("--max-length", type=int, default=128, help="subword tokens per instance, markers included")
     ap.add_argument("--strict", action="store_true",
                     help="fail on a record whose two entities do not fit in --max-length (default: skip it)")

@@ -31,9 +31,16 @@ class RelationEncoder(nn.Module):
     """r = [h_head ; h_tail] or, with pooling "both", [h_head ; h_tail ; s_head ; s_tail]:
         "markers": h = the hidden state at the entity's start marker <h:TYPE> or <t:TYPE> (the paper);
         "spans":   s = the mean hidden state of the entity's own subwords, between its two markers;
-        "both":    the two, side by side (the default).
-    Each part is L2-normalised, so that the four weigh the same in a cosine whatever their norms in a
-    given sentence (the gain this brings is measured in the README, "Choices")."""
+        "both":    the two, side by side (the default);
+        "sumdiff": the same four states, each head-tail pair as its sum and its difference,
+                   [h_head + h_tail ; h_head - h_tail ; s_head + s_tail ; s_head - s_tail].
+    Each part is L2-normalised, so that the parts weigh the same in a cosine whatever their norms in a
+    given sentence (the gain this brings is measured in the README, "Choices").  For "sumdiff" the head
+    and tail states are normalised first: then a + b and a - b are orthogonal, and the pair is a scaled rotation
+    of [a ; b] in which the difference, what tells "located in" from its inverse "contains" in the same
+    sentence, is rescaled to weigh as much as what the two entities share.  An instance and its mirror
+    (the same sentence, head and tail swapped) have cosine 0 under "sumdiff"; under "both", the mean of
+    h_head . h_tail and s_head . s_tail."""
 
     def __init__(self, bert, pooling="both"):
         super().__init__()
@@ -41,19 +48,22 @@ class RelationEncoder(nn.Module):
             raise DataError(f"pooling {pooling!r}: must be one of {', '.join(POOLINGS)}")
         self.bert = bert
         self.pooling = pooling
-        self.dim = (4 if pooling == "both" else 2) * bert.config.hidden_size
+        self.dim = (2 if pooling in ("markers", "spans") else 4) * bert.config.hidden_size
 
     def forward(self, input_ids, attention_mask, head_pos, tail_pos, head_end, tail_end):
         h = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         parts = []
-        if self.pooling in ("markers", "both"):
+        if self.pooling != "spans":
             rows = torch.arange(h.shape[0], device=h.device)
             parts += [h[rows, head_pos], h[rows, tail_pos]]
-        if self.pooling in ("spans", "both"):
+        if self.pooling != "markers":
             at = torch.arange(h.shape[1], device=h.device)[None, :]
             for start, end in ((head_pos, head_end), (tail_pos, tail_end)):
                 inside = ((at > start[:, None]) & (at < end[:, None])).to(h.dtype)[:, :, None]
                 parts.append((inside * h).sum(1) / inside.sum(1).clamp(min=1))  # no subwords: zeros
+        if self.pooling == "sumdiff":  # (head, tail) -> (head + tail, head - tail), of unit-length states
+            units = [F.normalize(p, dim=-1) for p in parts]
+            parts = [q for a, b in zip(units[::2], units[1::2]) for q in (a + b, a - b)]
         return torch.cat([F.normalize(p, dim=-1) for p in parts], dim=-1)
 
 

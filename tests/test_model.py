@@ -59,10 +59,11 @@ def blobs(n_per=40, k=3, d=5, spread=0.1, seed=0, scale=10.0):
 
 # ---- encoder and Siamese loss ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("pooling", ["markers", "spans", "both"])
+@pytest.mark.parametrize("pooling", ["markers", "spans", "both", "sumdiff"])
 def test_relation_encoder_pools_each_part_and_normalises_it(pooling):
     """r against a brute-force loop: the start markers' states, the means of the subwords strictly
-    between each entity's two markers, or both; every 32-wide part L2-normalised."""
+    between each entity's two markers, or both; with sumdiff, each head-tail pair of unit-length states
+    as their sum and their difference; every 32-wide part L2-normalised."""
     m = tiny_ure(pooling=pooling)
     m.eval()
     ids, mask, head, tail, _, _ = random_batch()
@@ -70,7 +71,7 @@ def test_relation_encoder_pools_each_part_and_normalises_it(pooling):
     mask[:] = 1
     r = m.encoder(ids, mask, head, tail, head_end, tail_end)
     h = m.encoder.bert(input_ids=ids, attention_mask=mask).last_hidden_state
-    width = {"markers": 64, "spans": 64, "both": 128}[pooling]
+    width = {"markers": 64, "spans": 64, "both": 128, "sumdiff": 128}[pooling]
     assert r.shape == (8, width) and m.encoder.dim == width
     for i in range(8):
         parts = []
@@ -78,10 +79,34 @@ def test_relation_encoder_pools_each_part_and_normalises_it(pooling):
             parts += [h[i, head[i]], h[i, tail[i]]]
         if pooling != "markers":
             parts += [h[i, head[i] + 1:head_end[i]].mean(0), h[i, tail[i] + 1:tail_end[i]].mean(0)]
+        if pooling == "sumdiff":
+            a, b, c, d = (p / p.norm() for p in parts)
+            parts = [a + b, a - b, c + d, c - d]
         expected = torch.cat([p / p.norm() for p in parts])
         assert torch.allclose(r[i], expected, atol=1e-6)
     with pytest.raises(M.DataError, match="pooling 'cls'"):
         M.RelationEncoder(m.encoder.bert, "cls")
+
+
+@pytest.mark.parametrize("pooling", ["both", "sumdiff"])
+def test_relation_encoder_mirror_cosine(pooling):
+    """The same sentence with head and tail swapped (markers and spans): under sumdiff the two r are
+    orthogonal, whatever the sentence, so a relation and its inverse ("located in", "contains") are
+    never near neighbours for sharing a sentence; under both their cosine is the mean of h_head . h_tail
+    and s_head . s_tail, and the same r read either way."""
+    m = tiny_ure(pooling=pooling)
+    m.eval()
+    ids, mask, head, tail, head_end, tail_end = random_batch()
+    mask[:] = 1
+    r = m.encoder(ids, mask, head, tail, head_end, tail_end)
+    mirror = m.encoder(ids, mask, tail, head, tail_end, head_end)
+    cos = F.cosine_similarity(r, mirror)
+    if pooling == "sumdiff":
+        assert torch.allclose(cos, torch.zeros(8), atol=1e-6)
+    else:
+        q = r.unflatten(1, (4, 32))
+        assert torch.allclose(cos, ((q[:, 0] * q[:, 1]).sum(1) + (q[:, 2] * q[:, 3]).sum(1)) / 2, atol=1e-6)
+        assert (cos.abs() > 1e-3).all()
 
 
 def test_relation_encoder_empty_span_gives_zeros_not_nan():
@@ -92,6 +117,11 @@ def test_relation_encoder_empty_span_gives_zeros_not_nan():
     r = m.encoder(ids, mask, head, tail, head + 1, tail_end)  # the closing marker right after the opening
     assert torch.isfinite(r).all()
     assert (r[:, 64:96] == 0).all() and (r[:, 96:].norm(dim=1) > 0.99).all()
+    m = tiny_ure(pooling="sumdiff")  # the span sum and difference are then + and - the tail's span mean
+    r = m.encoder(ids, mask, head, tail, head + 1, tail_end)
+    r.sum().backward()
+    assert torch.isfinite(r).all() and all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+    assert torch.allclose(r[:, 64:96], -r[:, 96:], atol=1e-6) and (r[:, 64:].norm(dim=1) > 1.4).all()
 
 
 def test_dropout_makes_two_views_in_training_only():

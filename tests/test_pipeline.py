@@ -22,7 +22,7 @@ from metrics import score
 
 REPO = Path(__file__).resolve().parents[1]
 # width of r with the tiny BERT (hidden size 32) for each pooling: four 32-wide parts, or two
-R_DIM = {"both": 128, "markers": 64, "spans": 64}
+R_DIM = {"both": 128, "sumdiff": 128, "markers": 64, "spans": 64}
 K = 4          # clusters
 MINE_K = 5     # neighbours
 SIAMESE = ["--epochs", "2", "--batch-size", "16", "--seed", "0"]
@@ -196,13 +196,15 @@ def test_encode_test_with_tokenizer_from(pipe):
 
 
 @pytest.mark.parametrize("typed", [True, False])
-def test_encode_pooling_both_is_markers_beside_spans(pipe, tmp_path, typed):
+def test_encode_poolings_are_one_set_of_states(pipe, tmp_path, typed):
+    """End to end through encode.py: both (the default) = markers beside spans, and sumdiff = the sums
+    and differences of both's head and tail parts, each part unit length."""
     records = [{k: v for k, v in r.items() if typed or k not in ("subj_type", "obj_type")}
                for r in pipe.train_records[:30]]
     src = tmp_path / "records.json"
     src.write_text(json.dumps(records), encoding="utf-8")
     f = {}
-    for pooling in ("both", "markers", "spans"):
+    for pooling in ("both", "sumdiff", "markers", "spans"):
         flag = ["--pooling", pooling] if pooling != "both" else []  # "both" is the default
         run("encode.py", src, "--out", tmp_path / pooling, "--model", pipe.model, "--features", *flag)
         assert check_encoded(tmp_path / pooling, records, features=True)["pooling"] == pooling
@@ -211,6 +213,10 @@ def test_encode_pooling_both_is_markers_beside_spans(pipe, tmp_path, typed):
     for part in np.split(f["both"], 4, axis=1):  # each entity's state and span mean: unit length
         np.testing.assert_allclose(np.linalg.norm(part, axis=1), 1, atol=1e-5)
     assert not np.allclose(f["markers"], f["spans"])
+    a, b, c, d = np.split(f["both"], 4, axis=1)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+    np.testing.assert_allclose(f["sumdiff"], np.concatenate([unit(a + b), unit(a - b), unit(c + d), unit(c - d)], 1),
+                               atol=1e-4)
     p = run("encode.py", src, "--out", tmp_path / "x", "--tokenizer-from", pipe.train, "--pooling", "spans", ok=False)
     assert p.stderr.strip() == (f"error: --pooling and --tokenizer-from: the pooling is the one {pipe.train} "
                                 f"was encoded with")
