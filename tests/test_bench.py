@@ -44,8 +44,9 @@ def test_markdown_has_one_row_per_clustering_and_the_times():
     results = {"redocred": {"data": "redocred_dev.json", "pooling": "both", "times": {"encode": 1.5},
                             "table": {10: [dict(row, name="clustering head (the method)"),
                                            dict(row, name="k-means, frozen encoder", b3_f1=0.123)]}}}
-    args = SimpleNamespace(seed=0, siamese_epochs=2, cluster_epochs=1, max_length=64)
+    args = SimpleNamespace(seed=0, siamese_epochs=2, cluster_epochs=1, max_length=64, precision="bf16")
     md = quality.markdown(results, args)
+    assert md.startswith("Held-out 20 % (seed 0)") and "max length 64, bf16; percent." in md.splitlines()[0]
     assert "**redocred_dev.json, K = 10** (pooling: both)" in md
     assert "| clustering head (the method) | 50.0 | 50.0 | 50.0 | 50.0 | 50.0 | 50.0 | 50.0 |" in md
     assert "| k-means, frozen encoder | 50.0 | 50.0 | 12.3 |" in md

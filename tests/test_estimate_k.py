@@ -248,6 +248,7 @@ def test_bench_quality_reports_k_without_labels():
             "b3_f1_at_10": 0.39, "b3_f1_at_gold": 0.32, "oracle_best_b3_f1": 0.41, "oracle_best_k": 14, "k_range": [2, 100]}
     results = {"redocred": {"data": "redocred_dev.json", "pooling": "both", "times": {"encode": 1.5},
                             "table": {10: [dict(row, name="type pairs held to K")]}, "k_scan": [scan]}}
-    md = quality.markdown(results, SimpleNamespace(seed=0, siamese_epochs=2, cluster_epochs=1, max_length=64))
+    md = quality.markdown(results, SimpleNamespace(seed=0, siamese_epochs=2, cluster_epochs=1, max_length=64,
+                                                 precision="fp32"))
     assert "| type pairs held to K |" in md and "ORACLE" in md
     assert "| frozen encoder | 12 | 91 | 40.0 | 39.0 | 32.0 | 41.0 (14, range 2..100) |" in md
