@@ -6,7 +6,7 @@
 #   bash run_all.sh --k auto      # K estimated without labels from the Siamese features (estimate_k.py)
 #
 # Every setting is a flag or an environment variable of the same name in capitals (TRAIN, TEST, MODEL,
-# K, SIAMESE_EPOCHS, CLUSTER_EPOCHS, TRAIN_LAYERS, MAX_LENGTH, PRECISION, SEED, OUT, PYTHON, QUIET).  Each stage
+# K, POOLING, SIAMESE_EPOCHS, CLUSTER_EPOCHS, TRAIN_LAYERS, MAX_LENGTH, PRECISION, SEED, OUT, PYTHON, QUIET).  Each stage
 # prints what it read and wrote; the last lines are the table that compares the method with the
 # reference points.
 set -euo pipefail
@@ -16,6 +16,7 @@ TRAIN=${TRAIN:-data/train.json}
 TEST=${TEST:-data/test.json}
 MODEL=${MODEL:-}                  # empty: the packaged all-MiniLM-L6-v2
 K=${K:-10}                        # auto: estimated by train_cluster.py, without labels (estimate_k.py)
+POOLING=${POOLING:-both}          # how r is pooled: both, sumdiff, markers or spans (encode.py; README, "Choices")
 SIAMESE_EPOCHS=${SIAMESE_EPOCHS:-3}
 CLUSTER_EPOCHS=${CLUSTER_EPOCHS:-3}
 TRAIN_LAYERS=${TRAIN_LAYERS:-2}   # top encoder layers trained; 0: all (README, "Choices")
@@ -32,6 +33,7 @@ while [ $# -gt 0 ]; do
     --test) TEST=$2 ;;
     --model) MODEL=$2 ;;
     --k) K=$2 ;;
+    --pooling) POOLING=$2 ;;
     --siamese-epochs) SIAMESE_EPOCHS=$2 ;;
     --cluster-epochs) CLUSTER_EPOCHS=$2 ;;
     --train-layers) TRAIN_LAYERS=$2 ;;
@@ -47,11 +49,13 @@ done
 
 Q=${QUIET:+--quiet}
 start=$(date +%s)
-echo "run_all: train=$TRAIN test=$TEST model=${MODEL:-packaged all-MiniLM-L6-v2} k=$K" \
+echo "run_all: train=$TRAIN test=$TEST model=${MODEL:-packaged all-MiniLM-L6-v2} k=$K pooling=$POOLING" \
      "siamese_epochs=$SIAMESE_EPOCHS cluster_epochs=$CLUSTER_EPOCHS train_layers=$TRAIN_LAYERS max_length=$MAX_LENGTH precision=$PRECISION seed=$SEED out=$OUT"
 
-# 1. encode: markers, tokens, positions (and the frozen encoder's features, a reference point)
-$PYTHON encode.py "$TRAIN" --out "$OUT/train" --max-length "$MAX_LENGTH" --features --precision "$PRECISION" ${MODEL:+--model "$MODEL"} $Q
+# 1. encode: markers, tokens, positions (and the frozen encoder's features, a reference point); the test
+#    file takes the training run's markers, tokenizer and pooling
+$PYTHON encode.py "$TRAIN" --out "$OUT/train" --max-length "$MAX_LENGTH" --features --pooling "$POOLING" \
+        --precision "$PRECISION" ${MODEL:+--model "$MODEL"} $Q
 $PYTHON encode.py "$TEST" --out "$OUT/test" --max-length "$MAX_LENGTH" --features --precision "$PRECISION" --tokenizer-from "$OUT/train" $Q
 # 2. Siamese representation learning (the warm-up)
 $PYTHON train_siamese.py --data "$OUT/train" --out "$OUT/siamese" --epochs "$SIAMESE_EPOCHS" \

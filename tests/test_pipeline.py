@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import data
+import training
 from metrics import score
 
 REPO = Path(__file__).resolve().parents[1]
@@ -554,11 +555,13 @@ def test_evaluate_refuses_mixed_data(pipe, tmp_path):
 
 
 def test_run_all_end_to_end(tiny_model, tiny_data, tmp_path):
+    """The whole chain, here with the option --pooling sumdiff (the stage tests cover the default)."""
     train, test = tiny_data
     out = tmp_path / "run"
     env = {**ENV, "PYTHON": sys.executable}
     p = subprocess.run(["bash", "run_all.sh", "--train", str(train), "--test", str(test), "--model", str(tiny_model),
-                        "--k", str(K), "--siamese-epochs", "1", "--cluster-epochs", "1", "--out", str(out)],
+                        "--k", str(K), "--siamese-epochs", "1", "--cluster-epochs", "1", "--pooling", "sumdiff",
+                        "--out", str(out)],
                        cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, f"run_all.sh exited {p.returncode}\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
     for name in ("clustering head (the method)", "k-means, Siamese features", "k-means, frozen encoder",
@@ -569,6 +572,8 @@ def test_run_all_end_to_end(tiny_model, tiny_data, tmp_path):
     assert m["k"] == K and m["n"] == len(read_json(test))
     for d in ("train", "test", "siamese", "cluster", "test_cluster", "test_siamese"):
         assert (out / d / "meta.json").is_file(), d
+    assert read_json(out / "train" / "meta.json")["pooling"] == read_json(out / "test" / "meta.json")["pooling"] \
+        == training.load_model(str(out / "cluster" / "model.pt"))[1]["pooling"] == "sumdiff"
 
 
 def test_run_all_unknown_option():
