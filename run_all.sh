@@ -6,8 +6,8 @@
 #   bash run_all.sh --k auto      # K estimated without labels from the Siamese features (estimate_k.py)
 #
 # Every setting is a flag or an environment variable of the same name in capitals (TRAIN, TEST, MODEL,
-# K, POOLING, SIAMESE_EPOCHS, CLUSTER_EPOCHS, TRAIN_LAYERS, MAX_LENGTH, PRECISION, SEED, OUT, PYTHON, QUIET).  Each stage
-# prints what it read and wrote; the last lines are the table that compares the method with the
+# K, POOLING, SIAMESE_EPOCHS, CLUSTER_EPOCHS, TRAIN_LAYERS, MAX_LENGTH, PRECISION, SEED, OUT, PYTHON,
+# QUIET).  Each stage prints what it read and wrote; the last lines are the table that compares the method with the
 # reference points.
 set -euo pipefail
 cd "$(dirname "$0")"
