@@ -93,7 +93,7 @@ def test_relation_encoder_mirror_cosine(pooling):
     """The same sentence with head and tail swapped (markers and spans): under sumdiff the two r are
     orthogonal, whatever the sentence, so a relation and its inverse ("located in", "contains") are
     never near neighbours for sharing a sentence; under both their cosine is the mean of h_head . h_tail
-    and s_head . s_tail, and the same r read either way."""
+    and s_head . s_tail."""
     m = tiny_ure(pooling=pooling)
     m.eval()
     ids, mask, head, tail, head_end, tail_end = random_batch()
