@@ -2,33 +2,45 @@
 
     python estimate_k.py runs/default/siamese                 # writes runs/default/siamese/k.json
     python estimate_k.py runs/default/test --k-min 2 --k-max 100 --plot
+    python estimate_k.py runs/default/test --criterion silhouette     # PromptORE's criterion
 
 Reads RUN/features.npy (written by encode.py --features, train_siamese.py, train_cluster.py or
-predict.py) and nothing else of the run: no label is read.  For each K of the range it clusters the
-L2-normalised features with k-means (model.kmeans) and scores the clustering with the mean
-silhouette on cosine distance (Rousseeuw 1987); the curve of scores is smoothed over K with a
-Gaussian kernel, and the estimate is the K where the smoothed curve is highest, as PromptORE does
-(silhouette over a range of K, smoothed, then the maximum).  The default range is 10..100, and 10 is
-PromptORE's lower end too: on typed data the silhouette peaks at the handful of type-pair groups
-(Re-DocRED's training part: K = 3-5, where k-means scores B3 F1 21-25 against 41 at best), which is
-no estimate of the number of relations; --k-min 2 scans from 2.  See the README, "How many relations?",
-for why this criterion and these settings, measured on the training part of the shared sets only.
+predict.py) and nothing else of the run: no label is read.  For each K of the range it scores the
+L2-normalised features with a criterion that needs no labels, smooths the curve of scores over K with
+a Gaussian kernel and takes the K where the smoothed curve is highest.  Two criteria:
 
-Cost: where N is above --sample (2,500), the scan clusters and scores a random subsample of that
-many instances; each K gets --restarts (2) k-means runs; K is scanned one by one up to 30, then every
-second K up to 60 and every fifth beyond (scan_ks; --every-k scans them all).  The silhouette of one clustering is two
-matrix products over the subsample's [m, m] cosine distances.
+  - stability (the default; Ben-Hur, Elisseeff & Guyon 2002, Lange et al. 2004): draw two random 80 %
+    subsamples, cluster each with k-means (model.kmeans, other seeds), and compare the two clusterings
+    on the instances they share with the adjusted Rand index (metrics.ari); the mean over --pairs (3)
+    pairs of subsamples.  A K that matches the structure of the data is found again from other
+    instances and other starts; a K that cuts a group in two, or merges two, is not;
+  - silhouette (PromptORE's, alteca/PromptORE): the mean silhouette on cosine distance (Rousseeuw
+    1987) of one k-means clustering of the features.
+
+The default range is 10..100, PromptORE's lower end: on typed data both criteria favour the handful of
+type-pair groups below 10 (Re-DocRED's training part: K = 2-4, where k-means scores B3 F1 16-23
+against 41 at best), which is no estimate of the number of relations; --k-min 2 scans from 2.  See the
+README, "How many relations?", for why this criterion and these settings, measured on the training
+parts of the shared sets only.
+
+Cost: where N is above --sample (2,500), the scan works on a random subsample of that many instances;
+K is scanned one by one up to 30, then every second K up to 60 and every fifth beyond (scan_ks;
+--every-k scans them all).  Each k-means has --restarts (2) starts.  Stability runs 2 x --pairs (6)
+k-means per K, on 80 % of the subsample; the silhouette one k-means and two matrix products over the
+subsample's [m, m] cosine distances.
 
 Edge cases, said on the console and in k.json:
-  - the silhouette is not defined for K = 1 (no other cluster) nor for K = N, so the scan runs over
-    max(--k-min, 2) .. min(--k-max, N - 1), said when clipped; data with fewer than 3 instances, or
-    fewer than --k-min + 1, has no estimate (an error that says so);
-  - data that is one cluster still gets K >= 2, since K = 1 cannot be scored; when the best
-    silhouette is below --weak (0.05) the message and k.json (`weak: true`) say that the features
-    show no clear cluster structure, and that the estimate is then little more than the lower end.
+  - the scan runs over max(--k-min, 2) .. min(--k-max, M - 1), M the number of instances each
+    clustering sees (N for the silhouette, 80 % of N for stability), said when clipped; data with too
+    few instances for any K of the range has no estimate (an error that says so);
+  - data that is one cluster still gets K >= 2, since K = 1 cannot be scored; when the silhouette of
+    the clustering at the estimate is below WEAK (0.05) the message and k.json (`weak: true`) say
+    that the features show no clear cluster structure, and that the estimate is then little more than
+    a point of the range.
 
 Writes RUN/k.json: {"k", "criterion", settings, "seconds", "n", "sample", "note", "weak",
-"curve": {"k": [...], "silhouette": [...], "smoothed": [...]}}, atomically; --plot also draws the curve to RUN/k.png (matplotlib).
+"silhouette_at_k", "curve": {"k": [...], "score": [...], "smoothed": [...]}}, atomically; --plot also
+draws the curve to RUN/k.png (matplotlib).
 """
 import argparse
 import os
@@ -38,15 +50,19 @@ import numpy as np
 import torch
 
 from data import DataError
+from metrics import ari
 from model import kmeans
 from rundir import atomic_write, fail, load_npy, save_json
 
-K_MIN, K_MAX = 10, 100     # default range, as PromptORE's lower end: below 10 the silhouette of typed data
-                           # peaks at its few type-pair groups (README, "How many relations?")
+CRITERIA = ("stability", "silhouette")
+K_MIN, K_MAX = 10, 100     # default range, as PromptORE's lower end: below 10 both criteria favour the few
+                           # type-pair groups of typed data (README, "How many relations?")
 SAMPLE = 2500              # instances clustered and scored per K where N is larger
-RESTARTS = 2               # k-means restarts per K in the scan (model.kmeans; evaluation uses 10)
-BANDWIDTH = 3.0            # std of the Gaussian kernel that smooths the curve, in units of K
-WEAK = 0.05                # best silhouette below this: no clear cluster structure
+PAIRS = 3                  # stability: pairs of subsamples per K
+FRACTION = 0.8             # stability: the share of the instances in each subsample
+RESTARTS = 2               # k-means restarts per clustering in the scan (model.kmeans; evaluation uses 10)
+BANDWIDTH = {"stability": 5.0, "silhouette": 3.0}  # std of the Gaussian kernel that smooths the curve, in K
+WEAK = 0.05                # silhouette at the estimate below this: no clear cluster structure
 
 
 def normalise(x):
@@ -75,7 +91,26 @@ def silhouette(sim, assign, k):
     return float(s.mean())
 
 
-def smooth(ks, values, bandwidth=BANDWIDTH):
+def stability(x, ks, pairs=PAIRS, seed=0, restarts=RESTARTS):
+    """For each K of `ks`: the mean, over `pairs` pairs of random subsamples of `x` (each FRACTION of
+    the rows), of the adjusted Rand index between k-means on the one and k-means on the other
+    (`restarts` starts each, other seeds), compared on the rows the two subsamples share."""
+    rng = np.random.default_rng(seed)
+    m = len(x)
+    draws = []
+    for _ in range(pairs):
+        a, b = (np.sort(rng.choice(m, int(FRACTION * m), replace=False)) for _ in range(2))
+        both = np.intersect1d(a, b)
+        draws.append((a, b, np.searchsorted(a, both), np.searchsorted(b, both)))
+    scores = []
+    for k in ks:
+        agree = [ari(kmeans(x[a], k, seed + 2 * p, restarts)[in_a], kmeans(x[b], k, seed + 2 * p + 1, restarts)[in_b])
+                 for p, (a, b, in_a, in_b) in enumerate(draws)]
+        scores.append(float(np.mean(agree)))
+    return scores
+
+
+def smooth(ks, values, bandwidth):
     """Gaussian kernel average of `values` over K (Nadaraya-Watson), std `bandwidth` in units of K;
     0 leaves the curve as it is."""
     ks, values = np.asarray(ks, float), np.asarray(values, float)
@@ -93,31 +128,43 @@ def scan_ks(lo, hi, every=False):
             if every or k == lo or k <= 30 or (k <= 60 and k % 2 == 0) or (k > 60 and k % 5 == 0)]
 
 
-def k_range(n, k_min=K_MIN, k_max=K_MAX):
-    """The K that can be scored for N instances: max(k_min, 2) .. min(k_max, N - 1), and a note when
-    the range had to be clipped (None if not).  Raises DataError when nothing is left."""
-    lo, hi = max(k_min, 2), min(k_max, n - 1)
-    if n < 3:
-        raise DataError(f"estimate K: {n} instance(s); the silhouette needs at least 3 (K from 2 to N - 1)")
+def k_range(n, k_min=K_MIN, k_max=K_MAX, criterion="stability", sample=SAMPLE):
+    """The K that can be scored for N instances: max(k_min, 2) .. min(k_max, M - 1), M the instances
+    that each clustering sees (the silhouette: N, or the subsample where N > sample; stability: FRACTION
+    of that), and a note when the range had to be clipped (None if not).  Raises DataError when nothing
+    is left."""
+    m = min(n, sample)
+    if criterion == "stability":
+        m = int(FRACTION * m)
+    seen = "N" if m == n else f"the {m} instances each clustering sees"
+    if m < 3:
+        raise DataError(f"estimate K: {n} instance(s); the {criterion} needs at least 3 in each clustering "
+                        f"(K from 2 to {seen} - 1)")
+    lo, hi = max(k_min, 2), min(k_max, m - 1)
     if lo > hi:
         raise DataError(f"estimate K: the range {k_min}..{k_max} leaves nothing to scan with {n} instances "
-                        f"(the silhouette is defined for K = 2 .. N - 1 = {n - 1})")
+                        f"(the {criterion} is defined for K = 2 .. {seen} - 1 = {m - 1})")
     notes = []
     if k_min < 2:
-        notes.append(f"K = {k_min} cannot be scored (the silhouette needs two clusters): the scan starts at 2")
-    if k_max > n - 1:
-        notes.append(f"only {n} instances: the scan stops at K = {hi} (N - 1) instead of {k_max}")
+        notes.append(f"K = {k_min} cannot be scored (the {criterion} needs two clusters): the scan starts at 2")
+    if k_max > m - 1:
+        notes.append(f"only {n} instances: the scan stops at K = {hi} ({seen} - 1) instead of {k_max}")
     return lo, hi, ("; ".join(notes) or None)
 
 
-def estimate_k(features, k_min=K_MIN, k_max=K_MAX, seed=0, sample=SAMPLE, restarts=RESTARTS,
-               bandwidth=BANDWIDTH, log=None, every=False):
+def estimate_k(features, k_min=K_MIN, k_max=K_MAX, seed=0, criterion="stability", sample=SAMPLE, pairs=PAIRS,
+               restarts=RESTARTS, bandwidth=None, log=None, every=False):
     """Label-free estimate of K from `features` [N, D].  Returns (k, curve): the K where the smoothed
-    silhouette curve is highest, and a dict with the scanned "k", the "silhouette" of each, its
-    "smoothed" curve, and "n", "sample", "note" (a clipped range) and "weak" (best silhouette < WEAK)."""
+    curve of the criterion ("stability" or "silhouette") is highest, and a dict with the scanned "k",
+    the "score" of each, its "smoothed" curve (bandwidth: BANDWIDTH[criterion] unless given), and "n",
+    "sample", "note" (a clipped range), "silhouette_at_k" (of one k-means at the estimate, --restarts
+    starts) and "weak" (that silhouette below WEAK)."""
+    if criterion not in CRITERIA:
+        raise DataError(f"estimate K: criterion {criterion!r}: must be one of {', '.join(CRITERIA)}")
+    bandwidth = BANDWIDTH[criterion] if bandwidth is None else bandwidth
     x = normalise(features)
     n = x.shape[0]
-    lo, hi, note = k_range(n, k_min, k_max)
+    lo, hi, note = k_range(n, k_min, k_max, criterion, sample)
     if note and log:
         log(note)
     rng = np.random.default_rng(seed)
@@ -125,22 +172,35 @@ def estimate_k(features, k_min=K_MIN, k_max=K_MAX, seed=0, sample=SAMPLE, restar
         x = x[np.sort(rng.choice(n, sample, replace=False))]
     xt = torch.from_numpy(x)
     sim = xt @ xt.T
-    ks, scores = scan_ks(lo, hi, every), []
-    for k in ks:
-        scores.append(silhouette(sim, kmeans(x, k, seed, restarts=restarts), k))
+    ks = scan_ks(lo, hi, every)
+    if criterion == "stability":
+        scores = stability(x, ks, pairs, seed, restarts)
+    else:
+        scores = [silhouette(sim, kmeans(x, k, seed, restarts=restarts), k) for k in ks]
     smoothed = smooth(ks, scores, bandwidth)
-    best = int(np.argmax(smoothed))
-    weak = bool(max(scores) < WEAK)
-    curve = {"k": ks, "silhouette": [round(s, 5) for s in scores], "smoothed": [round(float(s), 5) for s in smoothed],
-             "n": n, "sample": int(x.shape[0]), "note": note, "weak": weak}
-    return ks[best], curve
+    k = ks[int(np.argmax(smoothed))]
+    at_k = silhouette(sim, kmeans(x, k, seed, restarts=restarts), k)
+    curve = {"k": ks, "score": [round(float(s), 5) for s in scores], "smoothed": [round(float(s), 5) for s in smoothed],
+             "n": n, "sample": int(x.shape[0]), "note": note, "silhouette_at_k": round(at_k, 5),
+             "weak": bool(at_k < WEAK), "criterion": criterion, "bandwidth": bandwidth, "restarts": restarts}
+    return k, curve
+
+
+CRITERION_NAMES = {
+    "stability": "stability: mean ARI of k-means on two random 80 % subsamples (3 pairs), Gaussian-smoothed over K, "
+                 "maximum",
+    "silhouette": "silhouette (cosine distance) of k-means, Gaussian-smoothed over K, maximum"}
 
 
 def record(k, curve, **extra):
     """What k.json (and train_cluster.py's meta.json) hold: the choice, its settings, and the curve."""
-    return {"k": k, "criterion": "silhouette (cosine distance) of k-means, Gaussian-smoothed over K, maximum",
+    return {"k": k, "criterion": CRITERION_NAMES[curve["criterion"]], "bandwidth": curve["bandwidth"],
             **extra, "n": curve["n"], "sample": curve["sample"], "note": curve["note"], "weak": curve["weak"],
-            "curve": {key: curve[key] for key in ("k", "silhouette", "smoothed")}}
+            "restarts": curve["restarts"], "silhouette_at_k": curve["silhouette_at_k"],
+            "curve": {key: curve[key] for key in ("k", "score", "smoothed")}}
+
+
+LABELS = {"stability": "stability (mean ARI of subsamples)", "silhouette": "mean silhouette (cosine)"}
 
 
 def plot(path, k, curve):
@@ -149,11 +209,11 @@ def plot(path, k, curve):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(curve["k"], curve["silhouette"], ".", color="0.6", label="silhouette (cosine)")
+    ax.plot(curve["k"], curve["score"], ".", color="0.6", label=curve["criterion"])
     ax.plot(curve["k"], curve["smoothed"], "-", label="smoothed")
     ax.axvline(k, color="C3", ls="--", label=f"estimate K = {k}")
     ax.set_xlabel("K")
-    ax.set_ylabel("mean silhouette")
+    ax.set_ylabel(LABELS[curve["criterion"]])
     ax.legend()
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
@@ -163,11 +223,15 @@ def plot(path, k, curve):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", help="directory holding features.npy")
+    ap.add_argument("--criterion", choices=CRITERIA, default="stability",
+                    help="stability of k-means across subsamples (default) or the silhouette (PromptORE's)")
     ap.add_argument("--k-min", type=int, default=K_MIN)
     ap.add_argument("--k-max", type=int, default=K_MAX)
-    ap.add_argument("--sample", type=int, default=SAMPLE, help="instances scored per K where N is larger")
-    ap.add_argument("--restarts", type=int, default=RESTARTS, help="k-means restarts per K")
-    ap.add_argument("--bandwidth", type=float, default=BANDWIDTH, help="smoothing over K (0: none)")
+    ap.add_argument("--sample", type=int, default=SAMPLE, help="instances scanned where N is larger")
+    ap.add_argument("--pairs", type=int, default=PAIRS, help="stability: pairs of subsamples per K")
+    ap.add_argument("--restarts", type=int, default=RESTARTS, help="k-means restarts per clustering of the scan")
+    ap.add_argument("--bandwidth", type=float,
+                    help="smoothing over K, in K (0: none; default 5 for stability, 3 for the silhouette)")
     ap.add_argument("--every-k", action="store_true", help="scan every K (default: every K to 30, then a grid)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--plot", action="store_true", help="draw the curve to RUN/k.png (needs matplotlib)")
@@ -177,6 +241,9 @@ def main():
     def log(msg):
         print(f"[estimate_k {time.time() - t0:6.1f}s] {msg}", flush=True)
 
+    if args.pairs < 1 or args.sample < 3 or args.restarts < 1:
+        raise DataError(f"--pairs {args.pairs}, --sample {args.sample}, --restarts {args.restarts}: "
+                        f"need at least 1 pair, 3 instances and 1 restart")
     path = os.path.join(args.run, "features.npy")
     if not os.path.exists(path):
         raise DataError(f"{args.run}: no features.npy (encode.py --features, train_siamese.py, "
@@ -185,19 +252,19 @@ def main():
     if feats.ndim != 2:
         raise DataError(f"{path}: expected a 2-d array [N, D], got shape {feats.shape}")
     log(f"read features {feats.shape} from {path} (no labels are read)")
-    k, curve = estimate_k(feats, args.k_min, args.k_max, args.seed, args.sample, args.restarts, args.bandwidth, log,
-                          args.every_k)
+    k, curve = estimate_k(feats, args.k_min, args.k_max, args.seed, args.criterion, args.sample, args.pairs,
+                          args.restarts, args.bandwidth, log, args.every_k)
     seconds = round(time.time() - t0, 1)
     out = os.path.join(args.run, "k.json")
     save_json(out, record(k, curve, features=os.path.abspath(path), k_min=args.k_min, k_max=args.k_max, seed=args.seed,
-                          restarts=args.restarts, bandwidth=args.bandwidth, every_k=args.every_k,
-                          seconds=seconds))
+                          pairs=args.pairs, every_k=args.every_k, seconds=seconds))
     i = curve["k"].index(k)
-    log(f"estimated K = {k} (smoothed silhouette {curve['smoothed'][i]:.3f}; scanned K = {curve['k'][0]}.."
+    log(f"estimated K = {k} (smoothed {curve['criterion']} {curve['smoothed'][i]:.3f}; scanned K = {curve['k'][0]}.."
         f"{curve['k'][-1]} on {curve['sample']} of {curve['n']} instances) in {seconds} s")
     if curve["weak"]:
-        log(f"warning: the best silhouette is {max(curve['silhouette']):.3f} (< {WEAK}): the features show no "
-            f"clear cluster structure (one cluster?); K = 1 cannot be scored, so K = {k} is a weak estimate")
+        log(f"warning: the silhouette of k-means at K = {k} is {curve['silhouette_at_k']:.3f} (< {WEAK}): the "
+            f"features show no clear cluster structure (one cluster?); K = 1 cannot be scored, so K = {k} is a "
+            f"weak estimate")
     if args.plot:
         try:
             plot(os.path.join(args.run, "k.png"), k, curve)

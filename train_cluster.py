@@ -96,7 +96,7 @@ def main():
     log(f"read {n} encoded instances from {args.data}, model and {neighbors.shape[1]} neighbours each from {args.init}")
 
     k_estimate = None
-    if args.k == "auto":  # label-free: the silhouette curve of the Siamese features (estimate_k.py)
+    if args.k == "auto":  # label-free: the stability of k-means on the Siamese features (estimate_k.py)
         t0 = time.time()
         args.k, curve = estimate_k(load_npy(os.path.join(args.init, "features.npy"), n), seed=args.seed, log=log)
         k_estimate = record(args.k, curve, features=os.path.abspath(os.path.join(args.init, "features.npy")),

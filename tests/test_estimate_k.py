@@ -31,23 +31,46 @@ def write_features(d, x):
 # ---- the estimate ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("k, k_min, bandwidth", [(3, 2, 0), (7, 2, 0), (7, 2, estimate_k.BANDWIDTH),
-                                                (20, estimate_k.K_MIN, estimate_k.BANDWIDTH)])
-def test_recovers_the_number_of_well_separated_clusters(k, k_min, bandwidth):
+@pytest.mark.parametrize("k, k_min, bandwidth", [(3, 2, 0), (7, 2, 0), (7, 2, estimate_k.BANDWIDTH["silhouette"]),
+                                                (20, estimate_k.K_MIN, estimate_k.BANDWIDTH["silhouette"])])
+def test_silhouette_recovers_the_number_of_well_separated_clusters(k, k_min, bandwidth):
     """Blobs on the sphere.  (The smoothing can move a sharp peak by one: 3 blobs give 2 with the default
     bandwidth, the price of a smoothing that the real curves need; and k-means with 2 restarts can miss a
     blob's split, so other draws of 7 blobs give 6 or 8: see the README.)"""
     x, _ = blobs(k, (150 if k < 10 else 100) * k, seed=k)
-    est, curve = estimate_k.estimate_k(x, k_min, 40, seed=0, bandwidth=bandwidth)
-    assert est == k, curve["silhouette"]
-    assert curve["k"] == estimate_k.scan_ks(k_min, 40) and len(curve["silhouette"]) == len(curve["smoothed"])
-    assert not curve["weak"]
+    est, curve = estimate_k.estimate_k(x, k_min, 40, seed=0, criterion="silhouette", bandwidth=bandwidth)
+    assert est == k, curve["score"]
+    assert curve["k"] == estimate_k.scan_ks(k_min, 40) and len(curve["score"]) == len(curve["smoothed"])
+    assert not curve["weak"] and curve["criterion"] == "silhouette" and curve["restarts"] == 2
+
+
+@pytest.mark.parametrize("k, restarts", [(3, 2), (5, 2), (7, 2), (10, 2), (4, 1)])
+def test_stability_recovers_the_number_of_well_separated_clusters(k, restarts):
+    """Blobs on the sphere, unsmoothed.  With 2 k-means starts per clustering (the default) stability
+    reads 3 to 10 blobs right; with one start only up to 4 (5 read as 6, 7 as 8, 8 as 12): k-means from
+    one start misplaces centres among many equal blobs, so the true K is not the most repeatable.  It
+    reads 20 blobs as 25, where the silhouette reads 20 (README, "How many relations?")."""
+    x, _ = blobs(k, (150 if k < 10 else 100) * k, seed=k)
+    est, curve = estimate_k.estimate_k(x, 2, 40, seed=0, restarts=restarts, bandwidth=0)
+    assert est == k, curve["score"]
+    assert curve["criterion"] == "stability" and curve["k"] == estimate_k.scan_ks(2, 40)
+    assert curve["restarts"] == restarts and not curve["weak"]
+
+
+def test_stability_is_one_where_k_means_finds_the_same_partition():
+    """Three tight, far-apart blobs: every subsample pair agrees at K = 3 (ARI 1); at K = 9 each blob is
+    cut at random, and the cuts differ between subsamples."""
+    x, _ = blobs(3, 600, spread=0.01, seed=1)
+    at3, at9 = estimate_k.stability(estimate_k.normalise(x), [3, 9], pairs=2, seed=0)
+    assert at3 == pytest.approx(1.0) and at9 < 0.9
 
 
 def test_subsample_where_n_is_large():
     x, _ = blobs(7, 3000, spread=0.05, seed=3)
-    est, curve = estimate_k.estimate_k(x, 2, 20, seed=0, sample=800)
+    est, curve = estimate_k.estimate_k(x, 2, 20, seed=0, sample=800, criterion="silhouette")
     assert est == 7 and curve["n"] == 3000 and curve["sample"] == 800
+    _, curve = estimate_k.estimate_k(x, 2, 20, seed=0, sample=800)  # stability: 80 % of the 800
+    assert curve["n"] == 3000 and curve["sample"] == 800
 
 
 def test_reads_no_labels_and_is_repeatable():
@@ -95,26 +118,33 @@ def test_one_cluster_is_flagged_weak_not_a_crash():
     rng = np.random.default_rng(0)
     centre = estimate_k.normalise(rng.normal(size=(1, 64)))
     x = centre + 0.1 * rng.normal(size=(500, 64))
-    est, curve = estimate_k.estimate_k(x, 2, 30, seed=0)
-    assert 2 <= est <= 30 and curve["weak"]  # K = 1 cannot be scored; the weak flag says so
+    for criterion in estimate_k.CRITERIA:
+        est, curve = estimate_k.estimate_k(x, 2, 30, seed=0, criterion=criterion)
+        assert 2 <= est <= 30 and curve["weak"] and curve["silhouette_at_k"] < estimate_k.WEAK  # K = 1 cannot be scored
 
 
 def test_range_is_clipped_to_n():
     x, _ = blobs(3, 20, seed=4)
     notes = []
     est, curve = estimate_k.estimate_k(x, k_max=100, seed=0, log=notes.append)
-    assert curve["k"] == list(range(10, 20)) and 10 <= est <= 19
-    assert "only 20 instances" in curve["note"] and notes == [curve["note"]]
+    assert curve["k"] == list(range(10, 16)) and 10 <= est <= 15  # stability: subsamples of 16
+    assert "only 20 instances" in curve["note"] and "16 instances each clustering sees" in curve["note"]
+    assert notes == [curve["note"]]
+    est, curve = estimate_k.estimate_k(x, k_max=100, seed=0, criterion="silhouette")
+    assert curve["k"] == list(range(10, 20)) and 10 <= est <= 19 and "(N - 1)" in curve["note"]
     _, curve = estimate_k.estimate_k(x, 1, 5, seed=0)
     assert curve["k"][0] == 2 and "cannot be scored" in curve["note"]
 
 
 @pytest.mark.parametrize("n, k_min, k_max, msg", [(2, 2, 100, "at least 3"), (1, 2, 100, "at least 3"),
+                                                  (3, 2, 100, "at least 3"),  # stability: subsamples of 2
                                                   (10, 12, 20, "leaves nothing to scan"),
                                                   (8, estimate_k.K_MIN, 100, "leaves nothing to scan")])
 def test_too_few_instances_is_a_clear_error(n, k_min, k_max, msg):
     with pytest.raises(estimate_k.DataError, match=msg):
         estimate_k.estimate_k(np.ones((n, 4), np.float32), k_min, k_max)
+    with pytest.raises(estimate_k.DataError, match="criterion 'gap'"):
+        estimate_k.estimate_k(np.ones((50, 4), np.float32), criterion="gap")
 
 
 # ---- the stage -------------------------------------------------------------------------------------
@@ -124,13 +154,17 @@ def test_stage_writes_k_json_and_plot(tmp_path):
     x, _ = blobs(7, 1050, seed=7)
     d = write_features(tmp_path / "run", x)
     (d / "labels.npy").write_bytes(b"not an array")  # never read: the estimate needs no labels
-    p = run("estimate_k.py", d, "--k-min", "2", "--k-max", "30", "--plot")
+    p = run("estimate_k.py", d, "--k-min", "2", "--k-max", "12", "--bandwidth", "0")
+    m = json.loads((d / "k.json").read_text())
+    assert "estimated K = 7" in p.stdout and m["k"] == 7 and m["criterion"].startswith("stability")
+    assert m["restarts"] == 2 and m["bandwidth"] == 0 and len(m["curve"]["score"]) == 11
+    p = run("estimate_k.py", d, "--k-min", "2", "--k-max", "30", "--plot", "--criterion", "silhouette")
     assert "estimated K = 7" in p.stdout and "no labels are read" in p.stdout
     m = json.loads((d / "k.json").read_text())
     c = m["curve"]
-    assert m["k"] == 7 and c["k"] == list(range(2, 31))
+    assert m["k"] == 7 and c["k"] == list(range(2, 31)) and m["criterion"].startswith("silhouette")
     assert m["k"] == c["k"][int(np.argmax(c["smoothed"]))]
-    assert len(c["silhouette"]) == 29 and m["seconds"] >= 0 and m["n"] == 1050 and m["weak"] is False
+    assert len(c["score"]) == 29 and m["seconds"] >= 0 and m["n"] == 1050 and m["weak"] is False
     assert (d / "k.png").stat().st_size > 0
     assert not [f for f in os.listdir(d) if f.endswith(".tmp")]
 
@@ -209,7 +243,7 @@ def test_train_cluster_k_auto(auto):
     x = np.load(out / "siamese" / "features.npy")
     expected, curve = estimate_k.estimate_k(x, seed=0)
     assert k == expected == meta["k_estimate"]["k"] == meta["settings"]["k"]
-    assert meta["k_estimate"]["curve"]["silhouette"] == curve["silhouette"]
+    assert meta["k_estimate"]["curve"]["score"] == curve["score"]
     assert np.load(out / "cluster" / "probs.npy").shape[1] == k
     assert f"--k auto: K = {k}, estimated without labels" in log.stderr + log.stdout
     assert run("train_cluster.py", "--data", out / "train", "--init", out / "siamese", "--out", out / "bad",
@@ -233,9 +267,10 @@ def test_evaluate_k_auto_and_k_scan(auto):
     for s in m["k_scan"]:
         by_k = {int(k): v for k, v in s["b3_f1_by_k"].items()}
         assert s["k_gold"] == len(np.unique(labels))
-        assert s["oracle_best_b3_f1"] == max(by_k[k] for k in s["silhouette_curve"]["k"])
+        assert s["oracle_best_b3_f1"] == max(by_k[k] for k in s["k_curve"]["k"])
         assert s["b3_f1_at_estimate"] == by_k[s["k_estimated"]] <= s["oracle_best_b3_f1"]
-        assert s["silhouette_curve"]["k"] == estimate_k.scan_ks(10, 39)  # 40 test instances: K < N
+        assert s["k_curve"]["k"] == estimate_k.scan_ks(10, 31)  # 40 test instances, subsamples of 32: K < 32
+        assert s["scan_seeds"] == 3 and s["criterion"] == "stability"
 
 
 def test_bench_quality_reports_k_without_labels():
@@ -251,4 +286,4 @@ def test_bench_quality_reports_k_without_labels():
     md = quality.markdown(results, SimpleNamespace(seed=0, siamese_epochs=2, cluster_epochs=1, max_length=64,
                                                  precision="fp32"))
     assert "| type pairs held to K |" in md and "ORACLE" in md
-    assert "| frozen encoder | 12 | 91 | 40.0 | 39.0 | 32.0 | 41.0 (14, range 2..100) |" in md
+    assert "| frozen encoder | 12 | 91 | 40.0 | 39.0 | 32.0 | 41.0 (14, range 2..100) |" in md and "3 k-means seeds" in md
