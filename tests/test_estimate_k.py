@@ -288,3 +288,22 @@ def test_bench_quality_reports_k_without_labels():
                                                  precision="fp32"))
     assert "| type pairs held to K |" in md and "ORACLE" in md
     assert "| frozen encoder | 12 | 91 | 40.0 | 39.0 | 32.0 | 41.0 (14, range 2..100) |" in md and "3 k-means seeds" in md
+
+
+def test_k_probe_scores_each_rule_against_the_seed_averaged_curve(tmp_path):
+    """bench/k_probe.py, the probe that chose the criterion, end to end on blobs with labels."""
+    x, labels = blobs(4, 300, dim=16, spread=0.05, seed=5)
+    d = write_features(tmp_path / "train", x)
+    np.save(d / "labels.npy", labels.astype(np.int32))
+    out = tmp_path / "probe.json"
+    p = run("bench/k_probe.py", d, "--out", out)
+    r = json.loads(out.read_text())[str(d)]
+    k, curve = estimate_k.estimate_k(x)  # the default rule, as the stage makes it
+    assert r["picks"]["stability, 2 starts, std 5 (the default)"] == k
+    assert r["scans"]["stability"]["score"] == curve["score"] and r["gold"] == 4
+    assert {int(k) for k in r["oracle"]} >= set(estimate_k.scan_ks(10, 100)) | set(r["picks"].values())
+    x_n = estimate_k.normalise(x)
+    from metrics import b3
+    from model import kmeans
+    assert r["oracle"]["10"] == pytest.approx(np.mean([b3(labels, kmeans(x_n, 10, s, restarts=3))[2] for s in range(3)]))
+    assert "(the default)" in p.stdout and "gap" in p.stdout
