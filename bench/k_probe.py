@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from estimate_k import estimate_k, normalise, scan_ks, smooth  # noqa: E402
+from evaluate import data_dir  # noqa: E402
 from metrics import b3  # noqa: E402
 from model import kmeans  # noqa: E402
 
@@ -41,11 +42,9 @@ SEEDS = 3
 
 
 def labels_of(d):
-    path = os.path.join(d, "labels.npy")
-    if not os.path.exists(path):
-        with open(os.path.join(d, "meta.json")) as f:
-            path = os.path.join(json.load(f)["data"], "labels.npy")
-    return np.load(path, allow_pickle=False)
+    """labels.npy beside features.npy, or else in the encoded data directory behind `d` (evaluate.data_dir)."""
+    here = os.path.join(d, "labels.npy")
+    return np.load(here if os.path.exists(here) else os.path.join(data_dir(d)[0], "labels.npy"), allow_pickle=False)
 
 
 def main():
