@@ -178,8 +178,10 @@ def estimate_k(features, k_min=K_MIN, k_max=K_MAX, seed=0, criterion="stability"
     else:
         scores = [silhouette(sim, kmeans(x, k, seed, restarts=restarts), k) for k in ks]
     smoothed = smooth(ks, scores, bandwidth)
-    k = ks[int(np.argmax(smoothed))]
-    at_k = silhouette(sim, kmeans(x, k, seed, restarts=restarts), k)
+    best = int(np.argmax(smoothed))
+    k = ks[best]
+    # the silhouette of k-means at the estimate: the scan's own score where the scan is the silhouette
+    at_k = scores[best] if criterion == "silhouette" else silhouette(sim, kmeans(x, k, seed, restarts=restarts), k)
     curve = {"k": ks, "score": [round(float(s), 5) for s in scores], "smoothed": [round(float(s), 5) for s in smoothed],
              "n": n, "sample": int(x.shape[0]), "note": note, "silhouette_at_k": round(at_k, 5),
              "weak": bool(at_k < WEAK), "criterion": criterion, "bandwidth": bandwidth, "restarts": restarts}
