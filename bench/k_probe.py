@@ -6,8 +6,9 @@ Run it on TRAINING parts only (bench/quality.py's 80 %; any directory with featu
 it or in the encoded data directory its meta.json names, labels.npy): the criterion and its settings
 are chosen here, and the held-out 20 % is left for the figures.  For each directory:
   - each rule's estimate, made by estimate_k.estimate_k itself (no labels): the silhouette (2 k-means
-    starts) smoothed with std 3 (the criterion before stability) and 5, and stability (3 subsample
-    pairs) with 2 k-means starts smoothed with std 5 (the default) and 3, and with one start, std 5;
+    starts) smoothed with std 3 (the first criterion) and 5; stability (3 subsample pairs, 2 k-means
+    starts) on the top 64 principal coordinates smoothed with std 5 (the default) and 3, and on all
+    dimensions (the rule before) with 2 starts and with 1, std 5;
   - k-means B3 F1 against the gold relations at every K of the default grid (10..100) and at each K a
     rule picks, each the MEAN over 3 k-means seeds (3 restarts each): one k-means run moves B3 F1 by
     1-5 points from seed to seed, so the best of 44 single runs would be the luckiest draw.  Labels are
@@ -30,13 +31,15 @@ from evaluate import data_dir  # noqa: E402
 from metrics import b3  # noqa: E402
 from model import kmeans  # noqa: E402
 
-SCANS = {"silhouette": {"criterion": "silhouette"}, "stability": {}, "stability, 1 start": {"restarts": 1}}
+SCANS = {"silhouette": {"criterion": "silhouette"}, "stability": {}, "stability, all dimensions": {"dims": 0},
+         "stability, 1 start, all dimensions": {"restarts": 1, "dims": 0}}
 RULES = {  # name: (scan, bandwidth)
-    "silhouette, std 3 (the criterion before)": ("silhouette", 3),
+    "silhouette, std 3 (the first criterion)": ("silhouette", 3),
     "silhouette, std 5": ("silhouette", 5),
-    "stability, 2 starts, std 5 (the default)": ("stability", 5),
-    "stability, 2 starts, std 3": ("stability", 3),
-    "stability, 1 start, std 5": ("stability, 1 start", 5),
+    "stability, 64 dimensions, std 5 (the default)": ("stability", 5),
+    "stability, 64 dimensions, std 3": ("stability", 3),
+    "stability, all dimensions, std 5 (the rule before)": ("stability, all dimensions", 5),
+    "stability, all dimensions, 1 start, std 5": ("stability, 1 start, all dimensions", 5),
 }
 SEEDS = 3
 

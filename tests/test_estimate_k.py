@@ -50,7 +50,8 @@ def test_stability_recovers_the_number_of_well_separated_clusters(k, restarts):
     reads these draws of 3, 5, 7 and 10 blobs right (and 4; but 6, 8 and 9 as one more); with one start
     only up to 4 (5 read as 6, 7 as 8, 8 as 12): k-means from one start misplaces centres among many
     equal blobs, so the true K is not the most repeatable.  It reads 20 blobs as 25, where the
-    silhouette reads 20 (README, "How many relations?")."""
+    silhouette reads 20 (README, "How many relations?").  These blobs are 64 wide, as many dimensions
+    as the scan's principal coordinates, so it clusters them as they are."""
     x, _ = blobs(k, (150 if k < 10 else 100) * k, seed=k)
     est, curve = estimate_k.estimate_k(x, 2, 40, seed=0, restarts=restarts, bandwidth=0)
     assert est == k, curve["score"]
@@ -64,6 +65,28 @@ def test_stability_is_one_where_k_means_finds_the_same_partition():
     x, _ = blobs(3, 600, spread=0.01, seed=1)
     at3, at9 = estimate_k.stability(estimate_k.normalise(x), [3, 9], pairs=2, seed=0)
     assert at3 == pytest.approx(1.0) and at9 < 0.9
+
+
+def test_principal_coordinates_keep_the_distances_of_data_within_their_rank():
+    """Rows of rank 10 in 200 dimensions: on their top 16 principal coordinates every pairwise distance
+    is kept; 0 dimensions, or as many as the data has, leave the rows as they are."""
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(300, 10)) @ rng.normal(size=(10, 200))).astype(np.float32)
+    p = estimate_k.principal(x, 16)
+    assert p.shape == (300, 16) and p.dtype == np.float32
+    dist = lambda a: np.linalg.norm(a[:, None] - a[None], axis=-1)  # noqa: E731
+    assert np.allclose(dist(p), dist(x), rtol=1e-3, atol=1e-3)
+    assert estimate_k.principal(x, 0) is x and estimate_k.principal(x, 200) is x
+
+
+@pytest.mark.parametrize("k", [5, 10])
+def test_stability_on_principal_coordinates_recovers_well_separated_clusters(k):
+    """Blobs in 384 dimensions (MiniLM's width): the default scan clusters their top 64 principal
+    coordinates, and reads 5 and 10 blobs right (these draws of 7 as 8, as the full dimensions read 6,
+    8 and 9 of the 64-dimensional blobs above)."""
+    x, _ = blobs(k, (150 if k < 10 else 100) * k, dim=384, seed=k)
+    est, curve = estimate_k.estimate_k(x, 2, 40, seed=0, bandwidth=0)
+    assert est == k and curve["dims"] == estimate_k.DIMS == 64, curve["score"]
 
 
 def test_subsample_where_n_is_large():
@@ -158,7 +181,7 @@ def test_stage_writes_k_json_and_plot(tmp_path):
     p = run("estimate_k.py", d, "--k-min", "2", "--k-max", "12", "--bandwidth", "0")
     m = json.loads((d / "k.json").read_text())
     assert "estimated K = 7" in p.stdout and m["k"] == 7 and m["criterion"].startswith("stability")
-    assert m["restarts"] == 2 and m["bandwidth"] == 0 and len(m["curve"]["score"]) == 11
+    assert m["restarts"] == 2 and m["bandwidth"] == 0 and len(m["curve"]["score"]) == 11 and m["dims"] == 64
     p = run("estimate_k.py", d, "--k-min", "2", "--k-max", "30", "--plot", "--criterion", "silhouette")
     assert "estimated K = 7" in p.stdout and "no labels are read" in p.stdout
     m = json.loads((d / "k.json").read_text())
@@ -166,6 +189,7 @@ def test_stage_writes_k_json_and_plot(tmp_path):
     assert m["k"] == 7 and c["k"] == list(range(2, 31)) and m["criterion"].startswith("silhouette")
     assert m["k"] == c["k"][int(np.argmax(c["smoothed"]))]
     assert len(c["score"]) == 29 and m["seconds"] >= 0 and m["n"] == 1050 and m["weak"] is False
+    assert m["dims"] is None  # the projection is the stability scan's
     assert (d / "k.png").stat().st_size > 0
     assert not [f for f in os.listdir(d) if f.endswith(".tmp")]
 
@@ -182,6 +206,8 @@ def test_stage_on_too_few_instances_and_one_cluster(tmp_path):
     assert json.loads((d / "k.json").read_text())["weak"] is True
     p = run("estimate_k.py", tmp_path / "nothing", ok=False)
     assert p.returncode == 2 and "no features.npy" in p.stderr
+    p = run("estimate_k.py", d, "--dims", "-1", ok=False)
+    assert p.returncode == 2 and "--dims -1" in p.stderr and "0 dimensions" in p.stderr
 
 
 # ---- evaluate.py: type pairs held to K -----------------------------------------------------------
@@ -299,7 +325,7 @@ def test_k_probe_scores_each_rule_against_the_seed_averaged_curve(tmp_path):
     p = run("bench/k_probe.py", d, "--out", out)
     r = json.loads(out.read_text())[str(d)]
     k, curve = estimate_k.estimate_k(x)  # the default rule, as the stage makes it
-    assert r["picks"]["stability, 2 starts, std 5 (the default)"] == k
+    assert r["picks"]["stability, 64 dimensions, std 5 (the default)"] == k
     assert r["scans"]["stability"]["score"] == curve["score"] and r["gold"] == 4
     assert {int(k) for k in r["oracle"]} >= set(estimate_k.scan_ks(10, 100)) | set(r["picks"].values())
     x_n = estimate_k.normalise(x)
