@@ -27,9 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from estimate_k import estimate_k, normalise, scan_ks, smooth  # noqa: E402
-from evaluate import data_dir  # noqa: E402
-from metrics import b3  # noqa: E402
-from model import kmeans  # noqa: E402
+from evaluate import data_dir, seed_mean_b3  # noqa: E402
 
 SCANS = {"silhouette": {"criterion": "silhouette"}, "stability": {}, "stability, all dimensions": {"dims": 0},
          "stability, 1 start, all dimensions": {"restarts": 1, "dims": 0}}
@@ -77,8 +75,7 @@ def main():
         t = time.time()
         for k in sorted(set(scan_ks(10, 100)) | set(r["picks"].values())):
             if str(k) not in oracle:
-                oracle[str(k)] = float(np.mean([b3(labels, kmeans(x, k, args.seed + s, restarts=3))[2]
-                                                for s in range(SEEDS)]))
+                oracle[str(k)] = seed_mean_b3(labels, x, k, args.seed, restarts=3, seeds=SEEDS)
         print(f"{d}: oracle B3 F1 curve in {time.time() - t:.0f} s", flush=True)
         with open(args.out, "w") as f:
             json.dump(results, f)
