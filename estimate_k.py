@@ -202,13 +202,12 @@ def estimate_k(features, k_min=K_MIN, k_max=K_MAX, seed=0, criterion="stability"
     curve = {"k": ks, "score": [round(float(s), 5) for s in scores], "smoothed": [round(float(s), 5) for s in smoothed],
              "n": n, "sample": int(x.shape[0]), "note": note, "silhouette_at_k": round(at_k, 5),
              "weak": bool(at_k < WEAK), "criterion": criterion, "bandwidth": bandwidth, "restarts": restarts,
-             "dims": dims if criterion == "stability" else None}
+             "pairs": pairs if criterion == "stability" else None, "dims": dims if criterion == "stability" else None}
     return k, curve
 
 
 CRITERION_NAMES = {
-    "stability": "stability: mean ARI of k-means on two random 80 % subsamples (3 pairs), Gaussian-smoothed over K, "
-                 "maximum",
+    "stability": "stability: mean ARI of k-means on pairs of random 80 % subsamples, Gaussian-smoothed over K, maximum",
     "silhouette": "silhouette (cosine distance) of k-means, Gaussian-smoothed over K, maximum"}
 
 
@@ -216,7 +215,7 @@ def record(k, curve, **extra):
     """What k.json (and train_cluster.py's meta.json) hold: the choice, its settings, and the curve."""
     return {"k": k, "criterion": CRITERION_NAMES[curve["criterion"]], "bandwidth": curve["bandwidth"],
             **extra, "n": curve["n"], "sample": curve["sample"], "note": curve["note"], "weak": curve["weak"],
-            "restarts": curve["restarts"], "dims": curve["dims"], "silhouette_at_k": curve["silhouette_at_k"],
+            "restarts": curve["restarts"], "pairs": curve["pairs"], "dims": curve["dims"], "silhouette_at_k": curve["silhouette_at_k"],
             "curve": {key: curve[key] for key in ("k", "score", "smoothed")}}
 
 
@@ -279,7 +278,7 @@ def main():
     seconds = round(time.time() - t0, 1)
     out = os.path.join(args.run, "k.json")
     save_json(out, record(k, curve, features=os.path.abspath(path), k_min=args.k_min, k_max=args.k_max, seed=args.seed,
-                          pairs=args.pairs, every_k=args.every_k, seconds=seconds))
+                          every_k=args.every_k, seconds=seconds))
     i = curve["k"].index(k)
     log(f"estimated K = {k} (smoothed {curve['criterion']} {curve['smoothed'][i]:.3f}; scanned K = {curve['k'][0]}.."
         f"{curve['k'][-1]} on {curve['sample']} of {curve['n']} instances) in {seconds} s")

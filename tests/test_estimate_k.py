@@ -182,6 +182,7 @@ def test_stage_writes_k_json_and_plot(tmp_path):
     m = json.loads((d / "k.json").read_text())
     assert "estimated K = 7" in p.stdout and m["k"] == 7 and m["criterion"].startswith("stability")
     assert m["restarts"] == 2 and m["bandwidth"] == 0 and len(m["curve"]["score"]) == 11 and m["dims"] == 64
+    assert m["pairs"] == 3
     p = run("estimate_k.py", d, "--k-min", "2", "--k-max", "30", "--plot", "--criterion", "silhouette")
     assert "estimated K = 7" in p.stdout and "no labels are read" in p.stdout
     m = json.loads((d / "k.json").read_text())
@@ -189,7 +190,7 @@ def test_stage_writes_k_json_and_plot(tmp_path):
     assert m["k"] == 7 and c["k"] == list(range(2, 31)) and m["criterion"].startswith("silhouette")
     assert m["k"] == c["k"][int(np.argmax(c["smoothed"]))]
     assert len(c["score"]) == 29 and m["seconds"] >= 0 and m["n"] == 1050 and m["weak"] is False
-    assert m["dims"] is None  # the projection is the stability scan's
+    assert m["dims"] is None and m["pairs"] is None  # the projection and the pairs are the stability scan's
     assert (d / "k.png").stat().st_size > 0
     assert not [f for f in os.listdir(d) if f.endswith(".tmp")]
 
