@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import numpy as np
 import torch
@@ -26,8 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data import DataError  # noqa: E402
 from estimate_k import normalise  # noqa: E402
 from evaluate import data_dir, seed_mean_b3  # noqa: E402
+from rundir import fail  # noqa: E402
 
-DIMS, SHRINK = 64, 3.0  # the best of 32-256 and 1-100 for the context LDA on a FewRel training sample
+DIMS, SHRINK = 64, 3.0  # the best of 32-256 directions and shrinkage 1-100 on a FewRel training sample (NOTES.md)
 
 
 def lda(x, groups, dims=DIMS, shrink=SHRINK):
@@ -80,8 +82,11 @@ def probe_accuracy(x, labels, folds=5, seed=0):
 
 
 def ceiling(d, k, seed=0, dims=DIMS, shrink=SHRINK):
+    t0 = time.time()
     x = normalise(np.load(os.path.join(d, "features.npy"), allow_pickle=False))
     enc = d if os.path.exists(os.path.join(d, "labels.npy")) else data_dir(d)[0]
+    if not os.path.exists(os.path.join(enc, "context_key.npy")):
+        raise DataError(f"{enc}: no context_key.npy (encoded by an older version): run encode.py again")
     labels = np.load(os.path.join(enc, "labels.npy"), allow_pickle=False)  # read to score, and by the ceilings
     groups = np.load(os.path.join(enc, "context_key.npy"), allow_pickle=False)
     r = {"n": len(x), "k": k, "context_coverage": float((groups >= 0).mean()),
@@ -93,6 +98,7 @@ def ceiling(d, k, seed=0, dims=DIMS, shrink=SHRINK):
     r["kmeans_r_half"] = seed_mean_b3(labels[score], x[score], k, seed)
     r["kmeans_gold_lda_half"] = seed_mean_b3(labels[score], mapped(x[score], lda(x[fit], labels[fit], dims, shrink),
                                                                     x[fit].mean(0)), k, seed)
+    r["seconds"] = round(time.time() - t0, 1)
     return r
 
 
@@ -107,12 +113,15 @@ def main():
     args = ap.parse_args()
     results = {}
     for d in args.dirs:
-        r = results[d] = ceiling(d, args.k, args.seed, args.dims, args.shrink)
+        try:
+            r = results[d] = ceiling(d, args.k, args.seed, args.dims, args.shrink)
+        except DataError as e:
+            fail(e)
         print(f"{d}: N {r['n']}, K {args.k}, B3 F1 of k-means on r {100 * r['kmeans_r']:.1f}, on the "
               f"relation-context LDA (no labels; {100 * r['context_coverage']:.0f} % in groups) "
               f"{100 * r['kmeans_context_lda']:.1f} | CEILINGS (gold fitted): linear probe accuracy "
               f"{100 * r['probe_accuracy']:.1f}; on a half, k-means on r {100 * r['kmeans_r_half']:.1f}, on the "
-              f"gold LDA of the other half {100 * r['kmeans_gold_lda_half']:.1f}", flush=True)
+              f"gold LDA of the other half {100 * r['kmeans_gold_lda_half']:.1f} ({r['seconds']} s)", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)

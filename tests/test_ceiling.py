@@ -68,3 +68,14 @@ def test_the_bench_end_to_end(tmp_path):
     assert r["kmeans_r"] < 0.5 and r["kmeans_context_lda"] > 0.9 and r["kmeans_gold_lda_half"] > 0.9
     assert r["probe_accuracy"] > 0.95 and r["context_coverage"] == pytest.approx((groups >= 0).mean())
     assert "CEILINGS" in p.stdout
+
+
+def test_the_bench_says_what_is_missing(tmp_path):
+    x, relation, _ = nuisance_data(50)
+    d = tmp_path / "old"
+    d.mkdir()
+    np.save(d / "features.npy", x.astype(np.float32))
+    np.save(d / "labels.npy", relation.astype(np.int32))
+    p = run("bench/ceiling.py", d, "--k", "4", "--out", tmp_path / "c.json", ok=False)
+    assert p.returncode == 2 and "no context_key.npy" in p.stderr and str(d) in p.stderr
+    assert not (tmp_path / "c.json").exists()
