@@ -11,6 +11,10 @@ one row per clustering it holds:
 Beside them, whenever the data has entity types, the reference points "one cluster per (head type,
 tail type) pair" (any number of clusters) and "type pairs held to K" (the K - 1 largest type pairs as
 their own clusters, all the others as one; the same as the first where there are at most K type pairs).
+--lda-from TRAIN adds the reference row "k-means, frozen + context LDA": the data's frozen features
+(encode.py --features) mapped by the linear discriminant of the relation-context groups (model.lda_map),
+fitted on the frozen features and context_key.npy of the encoded training directory TRAIN, which
+reads no label, then k-means.  A label-free linear baseline (README, "Results").
 --k auto takes K from the clustering head (the width of probs.npy in the first directory that has
 one), or else estimates it from the first directory's features without labels (estimate_k.py).
 --k-scan adds a second table for each features.npy: K estimated on those features without labels
@@ -32,7 +36,7 @@ import numpy as np
 from data import DataError
 from estimate_k import estimate_k, normalise
 from metrics import b3, score
-from model import kmeans
+from model import kmeans, lda_map
 from rundir import Log, check_source, fail, load_meta, load_npy, save_json
 
 ROW_NAMES = {"encode": "frozen encoder", "siamese": "Siamese features", "cluster": "final features"}
@@ -107,6 +111,29 @@ def k_scan(f, labels, seed, log, restarts=3, seeds=3):
             "b3_f1_by_k": {str(k): v for k, v in sorted(b3_at.items())}}
 
 
+def context_lda_row(train, data, n, k, seed, log):
+    """("k-means, frozen + context LDA", clusters), or None with a line saying why where TRAIN has no
+    context group of two instances."""
+    f = features_of(data, n)
+    if f is None:
+        raise DataError(f"--lda-from: {data} has no features.npy (encode.py --features)")
+    train_meta = load_meta(train, ("encode",))
+    paths = [os.path.join(train, name) for name in ("features.npy", "context_key.npy")]
+    for path in paths:
+        if not os.path.exists(path):
+            raise DataError(f"--lda-from: no {path} (encode.py --features, by this version)")
+    x = normalise(load_npy(paths[0], train_meta["n_instances"]))
+    if x.shape[1] != f.shape[1]:
+        raise DataError(f"--lda-from: {paths[0]} has {x.shape[1]} columns, {data}'s features {f.shape[1]}")
+    try:
+        mean, m = lda_map(x, load_npy(paths[1], len(x)))
+    except DataError as e:
+        log(f"--lda-from {train}: {e}; no context LDA row")
+        return None
+    log(f"context LDA fitted without labels on {len(x)} frozen features of {train} ({m.shape[1]} directions)")
+    return "k-means, frozen + context LDA", kmeans(normalise((f - mean) @ m), k, seed)
+
+
 def rows_of(d, k, seed, n):
     """(name, predicted clusters) for each clustering held by directory `d`."""
     _, meta = data_dir(d)
@@ -130,6 +157,8 @@ def main():
                     "auto: the clustering head's K, or estimated without labels (estimate_k.py)")
     ap.add_argument("--k-scan", action="store_true", help="also the table of K estimated without labels "
                     "against the gold K and the oracle's best K, for each features.npy")
+    ap.add_argument("--lda-from", metavar="TRAIN", help="encoded training directory: adds the reference row "
+                    "'k-means, frozen + context LDA' (no labels; see above)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="JSON file for the rows (default: metrics.json in the first directory)")
     args = ap.parse_args()
@@ -165,6 +194,9 @@ def main():
             rows.append(("type pairs held to K", type_pairs_held_to(type_pair, k)))
     for d in args.runs:
         rows += rows_of(d, k, args.seed, n)
+    if args.lda_from:
+        row = context_lda_row(args.lda_from, data, n, k, args.seed, log)
+        rows += [row] if row else []
 
     results = []
     print(f"\n{'':34} {'K':>4} | {'B3 P':>5} {'B3 R':>5} {'B3 F1':>5} | {'V hom':>5} {'V com':>5} "

@@ -187,3 +187,29 @@ def kmeans(x, k, seed=0, restarts=10, iters=100):
         if inertia < best_inertia:
             best, best_inertia = assign, inertia
     return best.numpy()
+
+
+def lda_map(x, groups, dims=64, shrink=3.0):
+    """Linear discriminant analysis of the rows of x (float [N, D]) by `groups` (an id per row, -1 for
+    none): the `dims` directions in which x varies most against its variation inside groups, the
+    within-group covariance shrunk towards `shrink` times its mean variance; only groups of two rows or
+    more count.  Returns (mean [D], map [D, dims]); a row is mapped as (x - mean) @ map.  With encode.py's
+    relation-context groups in place of relations it reads no label: evaluate.py's reference row
+    "k-means, frozen + context LDA" (README, "Results"); bench/ceiling.py also fits it to gold relations."""
+    x = np.asarray(x, np.float64)
+    groups = np.asarray(groups)
+    ids, counts = np.unique(groups[groups >= 0], return_counts=True)
+    ids = ids[counts > 1]
+    rows = np.isin(groups, ids)
+    if not rows.any():
+        raise DataError("LDA: no group holds two instances")
+    within = x[rows].copy()
+    for g in ids:
+        within[groups[rows] == g] -= x[groups == g].mean(0)
+    sw = within.T @ within / len(within)
+    sw += shrink * np.trace(sw) / len(sw) * np.eye(len(sw))
+    mean = x.mean(0)
+    st = (x - mean).T @ (x - mean) / len(x)
+    w = np.linalg.inv(np.linalg.cholesky(sw))  # w sw w' = I: the problem becomes an ordinary eigenproblem
+    _, v = np.linalg.eigh(w @ st @ w.T)
+    return mean, w.T @ v[:, ::-1][:, :dims]

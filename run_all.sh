@@ -71,8 +71,9 @@ $PYTHON predict.py --model "$OUT/siamese" --data "$OUT/test" --out "$OUT/test_si
 # 6. what each cluster holds, to read, labels or not: report.md and clusters.jsonl beside the clusters
 $PYTHON report.py "$OUT/cluster"
 $PYTHON report.py "$OUT/test_cluster"
-# 7. scores on the test file: the method beside k-means on each stage's features and type-pair grouping
+# 7. scores on the test file: the method beside k-means on each stage's features, type-pair grouping and
+#    the label-free linear baseline fitted on the training file (--lda-from)
 $PYTHON evaluate.py "$OUT/test_cluster" "$OUT/test_siamese" "$OUT/test" --k "$K" --seed "$SEED" \
-        --out "$OUT/metrics.json"
+        --lda-from "$OUT/train" --out "$OUT/metrics.json"
 echo "run_all: done in $(( $(date +%s) - start ))s; table in $OUT/metrics.json;" \
      "clusters in $OUT/cluster/report.md and $OUT/test_cluster/report.md (and clusters.jsonl beside them)"

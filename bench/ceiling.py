@@ -7,7 +7,7 @@ the encoded data directory its meta.json names, labels.npy and context_key.npy).
   - k-means on r, B3 F1 (the mean over 3 k-means seeds of 3 restarts, evaluate.seed_mean_b3);
   - k-means on r mapped by the RELATION-CONTEXT LDA, which reads no label: the directions in which r
     varies most against its variation inside the relation-context groups of encode.py (context_key.npy:
-    instances with the same words between their entities), `lda` below;
+    instances with the same words between their entities), model.lda_map;
   - two CEILINGS, fitted to the gold relations, so not methods: the accuracy of a linear probe
     (logistic regression, 5-fold), which says whether the relation is in r at all; and k-means on a random
     half of the instances mapped by the LDA of the gold relations of the other half, beside k-means on r
@@ -27,34 +27,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data import DataError  # noqa: E402
 from estimate_k import normalise  # noqa: E402
 from evaluate import data_dir, seed_mean_b3  # noqa: E402
+from model import lda_map  # noqa: E402
 from rundir import fail  # noqa: E402
 
 DIMS, SHRINK = 64, 3.0  # the best of 32-256 directions and shrinkage 1-100 on a FewRel training sample (NOTES.md)
 
 
-def lda(x, groups, dims=DIMS, shrink=SHRINK):
-    """[D, dims] map: the top generalised eigenvectors of (total covariance, within-group covariance),
-    the within-group covariance shrunk towards `shrink` times its mean variance (x: [N, D]; groups: an id
-    per row, -1 for none; only rows in groups of at least 2 make the within-group covariance)."""
-    x = np.asarray(x, np.float64)
-    groups = np.asarray(groups)
-    ids, counts = np.unique(groups[groups >= 0], return_counts=True)
-    rows = np.isin(groups, ids[counts > 1])
-    if not rows.any():
-        raise DataError("lda: no group holds two instances")
-    within = x[rows].copy()
-    for g in ids[counts > 1]:
-        within[groups[rows] == g] -= x[groups == g].mean(0)
-    sw = within.T @ within / len(within)
-    sw += shrink * np.trace(sw) / len(sw) * np.eye(len(sw))
-    centred = x - x.mean(0)
-    st = centred.T @ centred / len(x)
-    w = np.linalg.inv(np.linalg.cholesky(sw))  # w sw w' = I
-    _, v = np.linalg.eigh(w @ st @ w.T)
-    return w.T @ v[:, ::-1][:, :dims]
-
-
-def mapped(x, m, mean):
+def mapped(x, fit):
+    mean, m = fit
     return normalise(((x - mean) @ m).astype(np.float32))
 
 
@@ -91,13 +71,13 @@ def ceiling(d, k, seed=0, dims=DIMS, shrink=SHRINK):
     groups = np.load(os.path.join(enc, "context_key.npy"), allow_pickle=False)
     r = {"n": len(x), "k": k, "context_coverage": float((groups >= 0).mean()),
          "kmeans_r": seed_mean_b3(labels, x, k, seed),
-         "kmeans_context_lda": seed_mean_b3(labels, mapped(x, lda(x, groups, dims, shrink), x.mean(0)), k, seed),
+         "kmeans_context_lda": seed_mean_b3(labels, mapped(x, lda_map(x, groups, dims, shrink)), k, seed),
          "probe_accuracy": probe_accuracy(x, labels, seed=seed)}
     order = np.random.default_rng(seed).permutation(len(x))
     fit, score = order[: len(x) // 2], order[len(x) // 2:]
     r["kmeans_r_half"] = seed_mean_b3(labels[score], x[score], k, seed)
-    r["kmeans_gold_lda_half"] = seed_mean_b3(labels[score], mapped(x[score], lda(x[fit], labels[fit], dims, shrink),
-                                                                    x[fit].mean(0)), k, seed)
+    gold_fit = lda_map(x[fit], labels[fit], dims, shrink)
+    r["kmeans_gold_lda_half"] = seed_mean_b3(labels[score], mapped(x[score], gold_fit), k, seed)
     r["seconds"] = round(time.time() - t0, 1)
     return r
 

@@ -78,10 +78,10 @@ def run(cmd, times, label):
     times[label] = round(times.get(label, 0) + time.time() - t, 1)
 
 
-def evaluate(dirs, k, out, times, k_scan=False):
+def evaluate(dirs, k, out, times, k_scan=False, lda_from=None):
     t = time.time()
-    subprocess.run([sys.executable, "evaluate.py", *dirs, "--k", str(k), "--out", out, *(["--k-scan"] if k_scan else [])],
-                   cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "evaluate.py", *dirs, "--k", str(k), "--out", out, *(["--k-scan"] if k_scan else []),
+                    *(["--lda-from", lda_from] if lda_from else [])], cwd=ROOT, check=True)
     label = "evaluate --k-scan" if k_scan else "evaluate"
     times[label] = round(times.get(label, 0) + time.time() - t, 1)
     with open(out) as f:
@@ -112,7 +112,7 @@ def bench_set(name, args):
         run(["predict.py", "--model", f"{out}/cluster_k{k}", "--data", f"{out}/test", "--out",
              f"{out}/test_cluster_k{k}", *pr], times, "predict")
         rows = evaluate([f"{out}/test_cluster_k{k}", f"{out}/test_siamese", f"{out}/test"], k,
-                        f"{out}/metrics_k{k}.json", times)
+                        f"{out}/metrics_k{k}.json", times, lda_from=f"{out}/train")
         table[k] = rows
     k_scan = evaluate([f"{out}/test_cluster_k10", f"{out}/test_siamese", f"{out}/test"], 10, f"{out}/metrics_kscan.json",
                       times, k_scan=True)

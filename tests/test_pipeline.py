@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
 
 import data
@@ -165,7 +166,8 @@ def pipe(tmp_path_factory, tiny_model, tiny_data):
     p.logs["predict"] = run("predict.py", "--model", p.cluster, "--data", p.test, "--out", p.test_cluster)
     p.logs["predict_siamese"] = run("predict.py", "--model", p.siamese, "--data", p.test,
                                     "--out", p.test_siamese)
-    p.logs["evaluate"] = run("evaluate.py", p.test_cluster, p.test_siamese, p.test, "--k", K, "--seed", 0)
+    p.logs["evaluate"] = run("evaluate.py", p.test_cluster, p.test_siamese, p.test, "--k", K, "--seed", 0,
+                             "--lda-from", p.train)
     return p
 
 
@@ -503,7 +505,8 @@ def test_predict_refuses_other_marker_vocabulary(pipe, tmp_path):
 
 
 ROWS = ["one cluster per type pair", "type pairs held to K", "clustering head (the method)",
-        "k-means, final features", "k-means, Siamese features", "k-means, frozen encoder"]
+        "k-means, final features", "k-means, Siamese features", "k-means, frozen encoder",
+        "k-means, frozen + context LDA"]
 
 
 def test_evaluate_table_and_metrics(pipe):
@@ -536,6 +539,18 @@ def test_evaluate_scores_are_recomputable(pipe):
                     ("k-means, frozen encoder", pipe.test)):
         f = load(d, "features.npy")
         expected[name] = kmeans(f / np.linalg.norm(f, axis=1, keepdims=True), K, 0)
+    # the label-free linear baseline: LDA of the training file's context groups, by hand
+    x, g = load(pipe.train, "features.npy").astype(np.float64), load(pipe.train, "context_key.npy")
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    keep = np.isin(g, [v for v in set(g.tolist()) if v >= 0 and (g == v).sum() > 1])
+    within = np.concatenate([x[g == v] - x[g == v].mean(0) for v in sorted(set(g[keep].tolist()))])
+    sw = within.T @ within / len(within)
+    sw += 3.0 * np.trace(sw) / len(sw) * np.eye(len(sw))
+    st = np.cov(x.T, bias=True)
+    vals, vecs = scipy.linalg.eigh(st, sw)  # the generalised problem, solved by scipy instead of by whitening
+    f = load(pipe.test, "features.npy").astype(np.float64)
+    z = (f / np.linalg.norm(f, axis=1, keepdims=True) - x.mean(0)) @ vecs[:, ::-1][:, :64]
+    expected["k-means, frozen + context LDA"] = kmeans(z / np.linalg.norm(z, axis=1, keepdims=True), K, 0)
     for name, pred in expected.items():
         s = score(labels, pred)
         for key in ("b3_f1", "b3_precision", "b3_recall", "v_homogeneity", "v_completeness", "v_measure", "ari",
@@ -543,6 +558,16 @@ def test_evaluate_scores_are_recomputable(pipe):
             assert rows[name][key] == pytest.approx(s[key], abs=1e-9), (name, key)
     # gold grouping by type pair has B3 recall 1: each relation has one type pair
     assert rows["one cluster per type pair"]["b3_recall"] == pytest.approx(1.0)
+
+
+def test_evaluate_lda_from_needs_an_encoded_training_directory(pipe, tmp_path):
+    p = run("evaluate.py", pipe.test, "--k", K, "--lda-from", pipe.siamese, "--out", tmp_path / "m.json", ok=False)
+    assert p.returncode == 2 and str(pipe.siamese) in p.stderr and not (tmp_path / "m.json").exists()
+    old = tmp_path / "old_train"
+    shutil.copytree(pipe.train, old)
+    (old / "context_key.npy").unlink()
+    p = run("evaluate.py", pipe.test, "--k", K, "--lda-from", old, "--out", tmp_path / "m.json", ok=False)
+    assert p.returncode == 2 and "context_key.npy" in p.stderr and not (tmp_path / "m.json").exists()
 
 
 def test_evaluate_refuses_mixed_data(pipe, tmp_path):
@@ -568,7 +593,7 @@ def test_run_all_end_to_end(tiny_model, tiny_data, tmp_path):
                  "one cluster per type pair"):
         assert name in p.stdout
     m = read_json(out / "metrics.json")
-    assert len(m["rows"]) == 6 and [r["name"] for r in m["rows"]] == ROWS
+    assert len(m["rows"]) == 7 and [r["name"] for r in m["rows"]] == ROWS
     assert m["k"] == K and m["n"] == len(read_json(test))
     for d in ("train", "test", "siamese", "cluster", "test_cluster", "test_siamese"):
         assert (out / d / "meta.json").is_file(), d
