@@ -12,8 +12,9 @@ a Gaussian kernel and takes the K where the smoothed curve is highest.  Two crit
   - stability (the default; Ben-Hur, Elisseeff & Guyon 2002, Lange et al. 2004): draw two random 80 %
     subsamples, cluster each with k-means (model.kmeans, other seeds) on the features' top --dims (64)
     principal coordinates, and compare the two clusterings on the instances they share with the
-    adjusted Rand index (metrics.ari); the mean over --pairs (3) pairs of subsamples.  A K that matches the structure of the data is found again from other
-    instances and other starts; a K that cuts a group in two, or merges two, is not;
+    adjusted Rand index (metrics.ari); the mean over --pairs (3) pairs of subsamples.  A K that matches
+    the structure of the data is found again from other instances and other starts; a K that cuts a
+    group in two, or merges two, is not;
   - silhouette (PromptORE's, alteca/PromptORE): the mean silhouette on cosine distance (Rousseeuw
     1987) of one k-means clustering of the features.
 
@@ -215,7 +216,8 @@ def record(k, curve, **extra):
     """What k.json (and train_cluster.py's meta.json) hold: the choice, its settings, and the curve."""
     return {"k": k, "criterion": CRITERION_NAMES[curve["criterion"]], "bandwidth": curve["bandwidth"],
             **extra, "n": curve["n"], "sample": curve["sample"], "note": curve["note"], "weak": curve["weak"],
-            "restarts": curve["restarts"], "pairs": curve["pairs"], "dims": curve["dims"], "silhouette_at_k": curve["silhouette_at_k"],
+            "restarts": curve["restarts"], "pairs": curve["pairs"], "dims": curve["dims"],
+            "silhouette_at_k": curve["silhouette_at_k"],
             "curve": {key: curve[key] for key in ("k", "score", "smoothed")}}
 
 
@@ -263,8 +265,8 @@ def main():
         print(f"[estimate_k {time.time() - t0:6.1f}s] {msg}", flush=True)
 
     if args.pairs < 1 or args.sample < 3 or args.restarts < 1 or args.dims < 0:
-        raise DataError(f"--pairs {args.pairs}, --sample {args.sample}, --restarts {args.restarts}, --dims {args.dims}: "
-                        f"need at least 1 pair, 3 instances, 1 restart and 0 dimensions")
+        raise DataError(f"--pairs {args.pairs}, --sample {args.sample}, --restarts {args.restarts}, "
+                        f"--dims {args.dims}: need at least 1 pair, 3 instances, 1 restart and 0 dimensions")
     path = os.path.join(args.run, "features.npy")
     if not os.path.exists(path):
         raise DataError(f"{args.run}: no features.npy (encode.py --features, train_siamese.py, "

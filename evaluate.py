@@ -111,6 +111,12 @@ def k_scan(f, labels, seed, log, restarts=3, seeds=3):
             "b3_f1_by_k": {str(k): v for k, v in sorted(b3_at.items())}}
 
 
+def lda_features(x, fit):
+    """Rows of x mapped by model.lda_map's (mean, map), L2-normalised for k-means."""
+    mean, m = fit
+    return normalise((x - mean) @ m)
+
+
 def context_lda_row(train, data, n, k, seed, log):
     """("k-means, frozen + context LDA", clusters), or None with a line saying why where TRAIN has no
     context group of two instances."""
@@ -126,12 +132,12 @@ def context_lda_row(train, data, n, k, seed, log):
     if x.shape[1] != f.shape[1]:
         raise DataError(f"--lda-from: {paths[0]} has {x.shape[1]} columns, {data}'s features {f.shape[1]}")
     try:
-        mean, m = lda_map(x, load_npy(paths[1], len(x)))
+        fit = lda_map(x, load_npy(paths[1], len(x)))
     except DataError as e:
         log(f"--lda-from {train}: {e}; no context LDA row")
         return None
-    log(f"context LDA fitted without labels on {len(x)} frozen features of {train} ({m.shape[1]} directions)")
-    return "k-means, frozen + context LDA", kmeans(normalise((f - mean) @ m), k, seed)
+    log(f"context LDA fitted without labels on {len(x)} frozen features of {train} ({fit[1].shape[1]} directions)")
+    return "k-means, frozen + context LDA", kmeans(lda_features(f, fit), k, seed)
 
 
 def rows_of(d, k, seed, n):

@@ -189,7 +189,11 @@ def kmeans(x, k, seed=0, restarts=10, iters=100):
     return best.numpy()
 
 
-def lda_map(x, groups, dims=64, shrink=3.0):
+LDA_DIMS, LDA_SHRINK = 64, 3.0  # the best of 32-256 directions and shrinkage 1-100 on a FewRel training sample
+                                # for the relation-context LDA (NOTES.md, "A linear look at r")
+
+
+def lda_map(x, groups, dims=LDA_DIMS, shrink=LDA_SHRINK):
     """Linear discriminant analysis of the rows of x (float [N, D]) by `groups` (an id per row, -1 for
     none): the `dims` directions in which x varies most against its variation inside groups, the
     within-group covariance shrunk towards `shrink` times its mean variance; only groups of two rows or

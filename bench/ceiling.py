@@ -26,17 +26,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data import DataError  # noqa: E402
 from estimate_k import normalise  # noqa: E402
-from evaluate import data_dir, seed_mean_b3  # noqa: E402
-from model import lda_map  # noqa: E402
+from evaluate import data_dir, lda_features, seed_mean_b3  # noqa: E402
+from model import LDA_DIMS, LDA_SHRINK, lda_map  # noqa: E402
 from rundir import fail  # noqa: E402
-
-DIMS, SHRINK = 64, 3.0  # the best of 32-256 directions and shrinkage 1-100 on a FewRel training sample (NOTES.md)
-
-
-def mapped(x, fit):
-    mean, m = fit
-    return normalise(((x - mean) @ m).astype(np.float32))
-
 
 def probe_accuracy(x, labels, folds=5, seed=0):
     """Mean held-out accuracy of an L2-regularised logistic regression on the rows of x (LBFGS)."""
@@ -61,7 +53,7 @@ def probe_accuracy(x, labels, folds=5, seed=0):
     return hits / len(x)
 
 
-def ceiling(d, k, seed=0, dims=DIMS, shrink=SHRINK):
+def ceiling(d, k, seed=0, dims=LDA_DIMS, shrink=LDA_SHRINK):
     t0 = time.time()
     x = normalise(np.load(os.path.join(d, "features.npy"), allow_pickle=False))
     enc = d if os.path.exists(os.path.join(d, "labels.npy")) else data_dir(d)[0]
@@ -71,13 +63,13 @@ def ceiling(d, k, seed=0, dims=DIMS, shrink=SHRINK):
     groups = np.load(os.path.join(enc, "context_key.npy"), allow_pickle=False)
     r = {"n": len(x), "k": k, "context_coverage": float((groups >= 0).mean()),
          "kmeans_r": seed_mean_b3(labels, x, k, seed),
-         "kmeans_context_lda": seed_mean_b3(labels, mapped(x, lda_map(x, groups, dims, shrink)), k, seed),
+         "kmeans_context_lda": seed_mean_b3(labels, lda_features(x, lda_map(x, groups, dims, shrink)), k, seed),
          "probe_accuracy": probe_accuracy(x, labels, seed=seed)}
     order = np.random.default_rng(seed).permutation(len(x))
     fit, score = order[: len(x) // 2], order[len(x) // 2:]
     r["kmeans_r_half"] = seed_mean_b3(labels[score], x[score], k, seed)
     gold_fit = lda_map(x[fit], labels[fit], dims, shrink)
-    r["kmeans_gold_lda_half"] = seed_mean_b3(labels[score], mapped(x[score], gold_fit), k, seed)
+    r["kmeans_gold_lda_half"] = seed_mean_b3(labels[score], lda_features(x[score], gold_fit), k, seed)
     r["seconds"] = round(time.time() - t0, 1)
     return r
 
@@ -87,8 +79,9 @@ def main():
     ap.add_argument("dirs", nargs="+", help="training directories with features.npy (labels: see above)")
     ap.add_argument("--k", type=int, required=True, help="clusters for k-means")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--dims", type=int, default=DIMS, help="directions kept by each LDA")
-    ap.add_argument("--shrink", type=float, default=SHRINK, help="within-group covariance + shrink x its mean variance")
+    ap.add_argument("--dims", type=int, default=LDA_DIMS, help="directions kept by each LDA")
+    ap.add_argument("--shrink", type=float, default=LDA_SHRINK,
+                    help="within-group covariance + shrink x its mean variance")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     results = {}

@@ -80,8 +80,9 @@ def run(cmd, times, label):
 
 def evaluate(dirs, k, out, times, k_scan=False, lda_from=None):
     t = time.time()
-    subprocess.run([sys.executable, "evaluate.py", *dirs, "--k", str(k), "--out", out, *(["--k-scan"] if k_scan else []),
-                    *(["--lda-from", lda_from] if lda_from else [])], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "evaluate.py", *dirs, "--k", str(k), "--out", out,
+                    *(["--k-scan"] if k_scan else []), *(["--lda-from", lda_from] if lda_from else [])],
+                   cwd=ROOT, check=True)
     label = "evaluate --k-scan" if k_scan else "evaluate"
     times[label] = round(times.get(label, 0) + time.time() - t, 1)
     with open(out) as f:

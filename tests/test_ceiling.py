@@ -38,7 +38,7 @@ def test_lda_finds_the_relation_that_variance_hides():
     from model import kmeans
     base = b3(relation, kmeans(ceiling.normalise(x), 4, 0))[2]
     fit = lda_map(ceiling.normalise(x), groups, dims=4, shrink=0.01)  # label-free: the context groups only
-    lda = b3(relation, kmeans(ceiling.mapped(ceiling.normalise(x), fit), 4, 0))[2]
+    lda = b3(relation, kmeans(ceiling.lda_features(ceiling.normalise(x), fit), 4, 0))[2]
     assert base < 0.5 < 0.9 < lda
     assert fit[0].shape == (40,) and fit[1].shape == (40, 4)
 
