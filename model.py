@@ -2,6 +2,8 @@
 
     x  --BERT-->  [h_head ; h_tail ; s_head ; s_tail]  = r    relation representation (D = 4H), paper
                   section 3.1 (start-marker states h) and entity-span means s (RelationEncoder)
+    r  --context map-->  r (64 wide)                 fixed, fitted before training without labels
+                                                     (lda_map; not in the paper; the default)
     r  --projector-->  z  --predictor-->  p          SimSiam heads, section 3.2
     r  --cluster head-->  softmax  = phi(x)          K cluster probabilities, section 3.3
 
@@ -15,7 +17,11 @@ SCAN loss (Van Gansbeke et al. 2020): for an instance x and a mined neighbour n 
 the first term makes neighbours agree with confident predictions, the entropy of the mean prediction
 keeps all K clusters in use.
 
-The collapse measure (`z_rank`) watches the Siamese stage; `kmeans` starts the cluster prototypes and
+The context map is a linear discriminant analysis (`lda_map`) of the pretrained encoder's r whose
+"classes" are relation-context groups: instances with the same words between their entities (data.py,
+`context_key`), not relations, so it reads no label.  It keeps the directions in which r varies most
+against its variation inside such groups, and scales down what only the entities' identity and topic
+move.  The collapse measure (`z_rank`) watches the Siamese stage; `kmeans` starts the cluster prototypes and
 makes the reference points of evaluate.py.  Everything else the stages need to train these modules
 (loading the pretrained encoder, batching, the optimiser, checkpoints, scale-out) is in training.py.
 """
@@ -40,15 +46,34 @@ class RelationEncoder(nn.Module):
     of [a ; b] in which the difference, what tells "located in" from its inverse "contains" in the same
     sentence, is rescaled to weigh as much as what the two entities share.  An instance and its mirror
     (the same sentence, head and tail swapped) have cosine 0 under "sumdiff"; under "both", the mean of
-    h_head . h_tail and s_head . s_tail."""
+    h_head . h_tail and s_head . s_tail.
 
-    def __init__(self, bert, pooling="both"):
+    With context_dims (train_siamese.py --context-map, the default; not in the paper), r is last mapped
+    by a fixed linear map fitted once, before any training, to the pretrained encoder's r of the training
+    data: lda_map with the relation-context groups (encode.py's context_key.npy: the same words between
+    the entities) in place of relations, so no label is read.  r becomes the L2-normalised
+    (r / |r| - mean) @ map, its context_dims directions those in which instances vary most against
+    their variation inside context groups: what the entities' identity and topic move, and a relation
+    context does not, is scaled down (README, "Choices")."""
+
+    def __init__(self, bert, pooling="both", context_dims=0):
         super().__init__()
         if pooling not in POOLINGS:
             raise DataError(f"pooling {pooling!r}: must be one of {', '.join(POOLINGS)}")
         self.bert = bert
         self.pooling = pooling
-        self.dim = (2 if pooling in ("markers", "spans") else 4) * bert.config.hidden_size
+        width = (2 if pooling in ("markers", "spans") else 4) * bert.config.hidden_size
+        self.dim = context_dims or width
+        # the relation-context map, fixed (not learnt): filled by set_context_map in train_siamese.py or
+        # by a saved state dict; None without one
+        self.register_buffer("context_mean", torch.zeros(width) if context_dims else None)
+        self.register_buffer("context_map", torch.zeros(width, context_dims) if context_dims else None)
+
+    @torch.no_grad()
+    def set_context_map(self, mean, m):
+        """The fixed relation-context map (lda_map's (mean, map)) that forward applies to r last."""
+        self.context_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.context_map.copy_(torch.as_tensor(m, dtype=torch.float32))
 
     def forward(self, input_ids, attention_mask, head_pos, tail_pos, head_end, tail_end):
         h = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -64,7 +89,10 @@ class RelationEncoder(nn.Module):
         if self.pooling == "sumdiff":  # (head, tail) -> (head + tail, head - tail), of unit-length states
             units = [F.normalize(p, dim=-1) for p in parts]
             parts = [q for a, b in zip(units[::2], units[1::2]) for q in (a + b, a - b)]
-        return torch.cat([F.normalize(p, dim=-1) for p in parts], dim=-1)
+        r = torch.cat([F.normalize(p, dim=-1) for p in parts], dim=-1)
+        if self.context_map is None:
+            return r
+        return F.normalize((F.normalize(r, dim=-1) - self.context_mean) @ self.context_map, dim=-1)
 
 
 def train_top(encoder, n):
@@ -117,9 +145,9 @@ class ClusterHead(nn.Module):
 class URE(nn.Module):
     """Encoder + Siamese heads (+ a cluster head once K is set): one state dict for every stage."""
 
-    def __init__(self, bert, proj_dim, pred_dim, k=None, pooling="both"):
+    def __init__(self, bert, proj_dim, pred_dim, k=None, pooling="both", context_dims=0):
         super().__init__()
-        self.encoder = RelationEncoder(bert, pooling)
+        self.encoder = RelationEncoder(bert, pooling, context_dims)
         self.projector = projector(self.encoder.dim, proj_dim)
         self.predictor = predictor(proj_dim, pred_dim)
         self.cluster_head = ClusterHead(self.encoder.dim, k) if k else None
@@ -198,8 +226,9 @@ def lda_map(x, groups, dims=LDA_DIMS, shrink=LDA_SHRINK):
     none): the `dims` directions in which x varies most against its variation inside groups, the
     within-group covariance shrunk towards `shrink` times its mean variance; only groups of two rows or
     more count.  Returns (mean [D], map [D, dims]); a row is mapped as (x - mean) @ map.  With encode.py's
-    relation-context groups in place of relations it reads no label: evaluate.py's reference row
-    "k-means, frozen + context LDA" (README, "Results"); bench/ceiling.py also fits it to gold relations."""
+    relation-context groups in place of relations it reads no label: the context map of RelationEncoder
+    (train_siamese.fit_context_map) and evaluate.py's reference row "k-means, frozen + context LDA"
+    (README, "Results"); bench/ceiling.py also fits it to gold relations."""
     x = np.asarray(x, np.float64)
     groups = np.asarray(groups)
     ids, counts = np.unique(groups[groups >= 0], return_counts=True)

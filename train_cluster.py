@@ -110,7 +110,9 @@ def main():
             raise DataError(f"--k {args.k!r}: give a number of clusters or auto") from None
     settings["k"] = args.k  # the K trained with, estimated or given
     siamese, config = load_model(os.path.join(args.init, "model.pt"))
-    model = URE(siamese.encoder.bert, config["proj_dim"], config["pred_dim"], args.k, pooling=config["pooling"])
+    model = URE(siamese.encoder.bert, config["proj_dim"], config["pred_dim"], args.k, pooling=config["pooling"],
+                context_dims=config.get("context_dims", 0))
+    model.encoder.load_state_dict(siamese.encoder.state_dict())  # the encoder with its context map, if any
     model.projector.load_state_dict(siamese.projector.state_dict())
     model.predictor.load_state_dict(siamese.predictor.state_dict())
     model.to(device())

@@ -9,6 +9,11 @@ context (encode.py's context_key.npy: the same words between the entities, the s
 training.partners), so that one relation is tied across different entities; an instance whose context
 no other shares keeps its dropout view.  With --positives entity it is the same sentence with its head
 and its tail replaced by the mentions of other instances of the same types (training.substituted).
+Before the first epoch (--context-map, the default; not in the paper) the stage fits the context map
+that r ends with (fit_context_map): the pretrained encoder's r of every training instance, mapped by
+the linear discriminant of encode.py's relation-context groups (model.lda_map; no label is read) to
+64 directions, fixed from then on and saved in model.pt, so that every later stage and predict.py
+work in the mapped space (README, "Choices"); --no-context-map keeps the paper's r.
 The representation r (model.RelationEncoder) of each view goes
 through the projector (z) and the predictor (p), and the loss is SimSiam's symmetric negative cosine
 with stop-gradient (model.URE.siamese):
@@ -21,7 +26,7 @@ with --precision bf16 the encoder runs under bf16 autocast (training.py, "Precis
 
 Reads the encoded data directory (encode.py).  Writes into --out:
     model.pt          encoder + projector + predictor state dict, with what rebuilds them offline
-    features.npy      float32 [N, D]: eval-mode r of every instance
+    features.npy      float32 [N, D]: eval-mode r of every instance (D = 64 with the context map)
     checkpoint.pt     after each epoch: model, optimiser, scheduler, RNG, epoch (--resume goes on from it)
     meta.json         arguments, per-epoch loss, collapse measure and seconds, timing; written last
 Per epoch it logs the loss and the collapse measure (model.z_rank): the effective rank of each batch's
@@ -32,13 +37,14 @@ Under `torchrun --nproc_per_node=N train_siamese.py ...` each rank encodes 1/N o
 loss runs on the gathered batch (training.py, "Scale-out"): the same training as one process at the same
 --batch-size, except for the dropout masks; only rank 0 writes files.
 """
+import argparse
 import os
 import time
 
 import numpy as np
 
 from data import DataError
-from model import URE, train_top, z_rank
+from model import URE, RelationEncoder, lda_map, train_top, z_rank
 from rundir import fail, fingerprint, load_encoded, save_json, save_npy
 from training import (InPrecision, arguments, begin_training, bert_config, build_encoder, context_groups, device,
                       distributed, epochs, gather, load_tokenizer, optimizer_and_resume, positive_views, represent_all,
@@ -47,11 +53,36 @@ from training import (InPrecision, arguments, begin_training, bert_config, build
 COLLAPSED = 0.2  # z_rank below this: the projections span under a fifth of the directions they could
 
 
+def fit_context_map(bert, arrays, args, pooling, log, rank, world):
+    """The relation-context map of model.RelationEncoder, fitted once before training: the pretrained
+    encoder's eval-mode r of every training instance, L2-normalised, and model.lda_map of them by
+    encode.py's relation-context groups (context_key.npy; no label is read).  Returns (mean, map), or
+    None, with a line that says why, where no context group holds two instances."""
+    if "context_key" not in arrays:
+        raise DataError(f"{args.data}: no context_key.npy (encoded by an older version): run encode.py again, "
+                        f"or pass --no-context-map")
+    t0 = time.time()
+    frozen = InPrecision(RelationEncoder(bert, pooling).to(device()), args.precision)
+    feats, _ = represent_all(frozen, arrays, lambda b: log.progress(b, "pretrained features"), rank, world)
+    feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+    try:
+        fit = lda_map(feats, np.asarray(arrays["context_key"]))
+    except DataError as e:
+        log(f"context map: {e}; r is left unmapped")
+        return None
+    log(f"context map fitted without labels to the pretrained r of {len(feats)} instances: {feats.shape[1]} -> "
+        f"{fit[1].shape[1]} dimensions ({time.time() - t0:.1f} s)")
+    return fit
+
+
 def main():
     ap = arguments(__doc__)
     ap.add_argument("--dropout", type=float, default=0.1, help="dropout that makes the positive pair (paper: 0.01-0.5)")
     ap.add_argument("--proj-dim", type=int, default=768, help="projector output size")
     ap.add_argument("--pred-dim", type=int, default=192, help="predictor bottleneck size")
+    ap.add_argument("--context-map", action=argparse.BooleanOptionalAction, default=True,
+                    help="map r by the relation-context LDA fitted to the pretrained r before training "
+                         "(model.RelationEncoder; no labels); --no-context-map: r as in the paper")
     args = ap.parse_args()
     rank, world, log, settings = begin_training("siamese", args)
 
@@ -60,7 +91,12 @@ def main():
     log(f"read {n} encoded instances from {args.data}")
     tokenizer = load_tokenizer(os.path.join(args.data, "tokenizer"))
     bert = build_encoder(data_meta["model"], tokenizer, args.dropout)
-    model = URE(bert, args.proj_dim, args.pred_dim, pooling=data_meta["pooling"]).to(device())
+    fit = fit_context_map(bert, arrays, args, data_meta["pooling"], log, rank, world) if args.context_map else None
+    context_dims = 0 if fit is None else fit[1].shape[1]
+    model = URE(bert, args.proj_dim, args.pred_dim, pooling=data_meta["pooling"], context_dims=context_dims)
+    if fit is not None:
+        model.encoder.set_context_map(*fit)
+    model.to(device())
     train_top(model.encoder, args.train_layers)
     run_id = fingerprint(data_meta["fingerprint"], settings)
     opt, sched, checkpoint, state = optimizer_and_resume(model, args, arrays, run_id, rank, log)
@@ -93,7 +129,7 @@ def main():
     if rank > 0:
         return
     config = {"bert": bert_config(bert), "proj_dim": args.proj_dim, "pred_dim": args.pred_dim,
-              "pooling": data_meta["pooling"],
+              "pooling": data_meta["pooling"], "context_dims": context_dims,
               "dropout": args.dropout}
     save_model(os.path.join(args.out, "model.pt"), model, config)
     save_npy(os.path.join(args.out, "features.npy"), feats)

@@ -290,7 +290,8 @@ def load_model(path):
         raise DataError(f"{path}: not found (did the training stage run?)")
     saved = safe_load(path, "model file")
     c = saved["config"]
-    model = URE(rebuild_encoder(c["bert"]), c["proj_dim"], c["pred_dim"], c.get("k"), pooling=c["pooling"])
+    model = URE(rebuild_encoder(c["bert"]), c["proj_dim"], c["pred_dim"], c.get("k"), pooling=c["pooling"],
+                context_dims=c.get("context_dims", 0))
     model.load_state_dict(saved["state"])
     return model, c
 

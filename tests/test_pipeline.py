@@ -20,11 +20,13 @@ import torch
 
 import data
 import training
+from model import LDA_DIMS, lda_map
 from metrics import score
 
 REPO = Path(__file__).resolve().parents[1]
 # width of r with the tiny BERT (hidden size 32) for each pooling: four 32-wide parts, or two
 R_DIM = {"both": 128, "sumdiff": 128, "markers": 64, "spans": 64}
+MAPPED = LDA_DIMS  # width of r in the trained models: the relation-context map's (--context-map, the default)
 K = 4          # clusters
 MINE_K = 5     # neighbours
 SIAMESE = ["--epochs", "2", "--batch-size", "16", "--seed", "0"]
@@ -267,7 +269,7 @@ def test_encode_max_length_truncates_around_entities(pipe, tmp_path):
 def test_train_siamese_outputs(pipe):
     n = read_json(pipe.train / "meta.json")["n_instances"]
     f = load(pipe.siamese, "features.npy")
-    assert f.dtype == np.float32 and f.shape == (n, R_DIM["both"]) and np.isfinite(f).all()
+    assert f.dtype == np.float32 and f.shape == (n, MAPPED) and np.isfinite(f).all()
     assert (pipe.siamese / "model.pt").is_file() and (pipe.siamese / "checkpoint.pt").is_file()
     meta = read_json(pipe.siamese / "meta.json")
     assert meta["stage"] == "siamese" and meta["n_instances"] == n
@@ -277,7 +279,51 @@ def test_train_siamese_outputs(pipe):
         assert np.isfinite(h["loss"]) and -1 <= h["loss"] <= 1
         assert 0.5 < h["z_rank"] <= 1  # healthy: z spans most of the directions a batch allows
     assert "WARNING" not in pipe.logs["siamese"].stdout
-    assert not np.allclose(f, load(pipe.train, "features.npy"))  # training changed the encoder
+    state = torch.load(pipe.siamese / "model.pt", weights_only=True)["state"]
+    frozen = load(pipe.train, "features.npy")
+    mapped = (frozen / np.linalg.norm(frozen, axis=1, keepdims=True) - state["encoder.context_mean"].numpy()) \
+        @ state["encoder.context_map"].numpy()
+    mapped /= np.linalg.norm(mapped, axis=1, keepdims=True)
+    assert np.abs(f - mapped).max() > 1e-4  # training changed the encoder (float error: about 1e-6)
+
+
+def test_context_map_is_the_lda_of_the_pretrained_features(pipe):
+    """The Siamese stage's relation-context map (--context-map, the default) is model.lda_map of the
+    pretrained encoder's r of the training data (the same r that encode.py --features wrote), each row
+    L2-normalised, by context_key.npy: no label.  model.pt carries it, and predict.py's model applies it."""
+    saved = torch.load(pipe.siamese / "model.pt", weights_only=True)
+    assert saved["config"]["context_dims"] == MAPPED
+    assert read_json(pipe.siamese / "meta.json")["settings"]["context_map"] is True
+    frozen = load(pipe.train, "features.npy")
+    mean, m = lda_map(frozen / np.linalg.norm(frozen, axis=1, keepdims=True), load(pipe.train, "context_key.npy"))
+    np.testing.assert_allclose(saved["state"]["encoder.context_mean"].numpy(), mean, atol=1e-5)
+    got = saved["state"]["encoder.context_map"].numpy()
+    assert got.shape == m.shape == (R_DIM["both"], MAPPED)
+    np.testing.assert_allclose(np.abs(got), np.abs(m), rtol=1e-3, atol=1e-3 * np.abs(m).max())  # eigenvector signs
+    assert "context map fitted without labels" in pipe.logs["siamese"].stdout + pipe.logs["siamese"].stderr
+    for d in (pipe.cluster, pipe.test_cluster, pipe.test_siamese):
+        assert load(d, "features.npy").shape[1] == MAPPED
+
+
+def test_no_context_map_and_no_context_groups(pipe, tmp_path):
+    """--no-context-map trains r as in the paper (R_DIM wide, no map in model.pt); data in which no two
+    instances share a relation context trains unmapped too, saying so; data encoded without
+    context_key.npy gets an error that names the file and the way out."""
+    plain = tmp_path / "plain"
+    run("train_siamese.py", "--data", pipe.train, "--out", plain, *SIAMESE, "--no-context-map")
+    saved = torch.load(plain / "model.pt", weights_only=True)
+    assert saved["config"]["context_dims"] == 0 and not any("context" in k for k in saved["state"])
+    assert load(plain, "features.npy").shape[1] == R_DIM["both"]
+    alone = tmp_path / "train_alone"
+    shutil.copytree(pipe.train, alone)
+    np.save(alone / "context_key.npy", np.arange(len(load(pipe.train, "context_key.npy")), dtype=np.int32))
+    p = run("train_siamese.py", "--data", alone, "--out", tmp_path / "s_alone", *SIAMESE)
+    assert "no group holds two instances" in p.stdout + p.stderr and "left unmapped" in p.stdout + p.stderr
+    assert load(tmp_path / "s_alone", "features.npy").shape[1] == R_DIM["both"]
+    (alone / "context_key.npy").unlink()
+    p = run("train_siamese.py", "--data", alone, "--out", tmp_path / "s_old", *SIAMESE, ok=False)
+    assert p.returncode == 2 and "context_key.npy" in p.stderr and "--no-context-map" in p.stderr
+    assert "Traceback" not in p.stderr
 
 
 def test_train_siamese_warns_when_the_projections_collapse(pipe, tmp_path, monkeypatch, capsys):
@@ -364,7 +410,7 @@ def test_train_cluster_outputs(pipe):
     assert probs.dtype == np.float32 and probs.shape == (n, K) and (probs >= 0).all()
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
     assert (pred == probs.argmax(1)).all()
-    assert f.dtype == np.float32 and f.shape == (n, R_DIM["both"]) and np.isfinite(f).all()
+    assert f.dtype == np.float32 and f.shape == (n, MAPPED) and np.isfinite(f).all()
     assert (pipe.cluster / "model.pt").is_file() and (pipe.cluster / "checkpoint.pt").is_file()
     meta = read_json(pipe.cluster / "meta.json")
     assert meta["stage"] == "cluster" and meta["n_instances"] == n
@@ -456,12 +502,12 @@ def test_predict_on_test(pipe):
     assert probs.dtype == np.float32 and probs.shape == (n, K)
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
     assert (pred == probs.argmax(1)).all()
-    assert f.dtype == np.float32 and f.shape == (n, R_DIM["both"]) and np.isfinite(f).all()
+    assert f.dtype == np.float32 and f.shape == (n, MAPPED) and np.isfinite(f).all()
     meta = read_json(pipe.test_cluster / "meta.json")
     assert meta["stage"] == "predict" and meta["model_stage"] == "cluster" and meta["n_instances"] == n
     # the Siamese model gives features only
     fs = load(pipe.test_siamese, "features.npy")
-    assert fs.dtype == np.float32 and fs.shape == (n, R_DIM["both"])
+    assert fs.dtype == np.float32 and fs.shape == (n, MAPPED)
     assert not (pipe.test_siamese / "pred.npy").exists() and not (pipe.test_siamese / "probs.npy").exists()
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import training
+from model import LDA_DIMS
 from test_pipeline import ENV, REPO, check_encoded, load, read_json, run
 
 SMALL = ["--epochs", "1", "--batch-size", "16", "--seed", "0"]
@@ -50,14 +51,14 @@ def test_training_stages_and_predict_in_bf16(runs):
         meta = read_json(d / "meta.json")
         assert meta["stage"] == stage and meta["settings"]["precision"] == "bf16"
         f = load(d, "features.npy")
-        assert f.dtype == np.float32 and f.shape == (n, 128) and np.isfinite(f).all()
+        assert f.dtype == np.float32 and f.shape == (n, LDA_DIMS) and np.isfinite(f).all()  # r, context-mapped
         assert all(np.isfinite(h["loss"]) for h in meta["history"])
     probs = load(runs.cluster, "probs.npy")
     assert probs.dtype == np.float32 and np.allclose(probs.sum(1), 1, atol=1e-5)
     m = read_json(runs.pred / "meta.json")
     assert m["precision"] == "bf16"
     t = read_json(runs.test / "meta.json")["n_instances"]
-    assert load(runs.pred, "features.npy").shape == (t, 128) and load(runs.pred, "pred.npy").shape == (t,)
+    assert load(runs.pred, "features.npy").shape == (t, LDA_DIMS) and load(runs.pred, "pred.npy").shape == (t,)
     assert load(runs.pred, "probs.npy").dtype == np.float32
 
 
