@@ -21,7 +21,10 @@ one), or else estimates it from the first directory's features without labels (e
 (estimate_k.py), the gold number of relations, and k-means B3 F1 at the estimate, at K = 10, at the
 gold K, and the best over the K that the estimate scanned, an ORACLE that reads the labels (evaluation
 only: nothing chooses K with it); every figure of that table is the mean over 3 k-means seeds (3
-restarts each), so that the oracle is not the luckiest of many single runs.
+restarts each), so that the oracle is not the luckiest of many single runs.  Where the training part's
+features of the same kind are known (a predict.py output: its model's features.npy; the encoded
+directory: --lda-from TRAIN's), K is also estimated on them, as train_cluster.py --k auto would, and
+scored on this part.
 All directories must be outputs on the same data as it is now (the fingerprints in their meta.json
 are checked: one made before the data was encoded again is refused).  Prints one
 table: B3 P/R/F1 (metrics.b3), V-measure homogeneity/completeness/V (metrics.v_measure) and ARI
@@ -90,25 +93,46 @@ def seed_mean_b3(labels, x, k, seed, restarts=3, seeds=3):
     return float(np.mean([b3(labels, kmeans(x, k, seed + s, restarts=restarts))[2] for s in range(seeds)]))
 
 
-def k_scan(f, labels, seed, log, restarts=3, seeds=3):
+def k_scan(f, labels, seed, log, restarts=3, seeds=3, train=None):
     """For one features matrix: K estimated without labels, the gold K, and k-means B3 F1 at the estimate,
     at 10, at the gold K and at every K of the estimate's range, each the mean over `seeds` k-means seeds
     of `restarts` restarts (one k-means run moves B3 F1 by up to 8 points from seed to seed, and the best of
     44 single runs would be the luckiest draw): the oracle's best of that curve reads the labels
-    (evaluation only)."""
+    (evaluation only).  `train`: the same kind of features of the training part (or None); K is then also
+    estimated on them, as train_cluster.py --k auto estimates it, and B3 F1 of `f` scored at that K."""
     t0 = time.time()
     k_est, curve = estimate_k(f, seed=seed, log=log)
     seconds = round(time.time() - t0, 1)
     log(f"K = {k_est} estimated without labels in {seconds} s")
+    k_train = None
+    if train is not None:
+        k_train, _ = estimate_k(train, seed=seed, log=log)
+        log(f"K = {k_train} estimated without labels on the training part's {len(train)} instances")
     gold = len(np.unique(labels))
-    ks = sorted(set(curve["k"]) | {k for k in (k_est, 10, gold) if k <= len(f)})
+    ks = sorted(set(curve["k"]) | {k for k in (k_est, 10, gold, k_train) if k is not None and k <= len(f)})
     b3_at = {k: seed_mean_b3(labels, f, k, seed, restarts, seeds) for k in ks}
     best = max(curve["k"], key=lambda k: (b3_at[k], -k))
-    return {"k_estimated": k_est, "k_gold": gold, "b3_f1_at_estimate": b3_at[k_est], "b3_f1_at_10": b3_at.get(10),
+    return {"k_estimated": k_est, "k_gold": gold, "b3_f1_at_estimate": b3_at[k_est],
+            "k_estimated_on_train": k_train, "b3_f1_at_train_estimate": b3_at.get(k_train),
+            "b3_f1_at_10": b3_at.get(10),
             "b3_f1_at_gold": b3_at.get(gold), "oracle_best_b3_f1": b3_at[best], "oracle_best_k": best,
             "k_range": [curve["k"][0], curve["k"][-1]], "criterion": curve["criterion"], "scan_restarts": restarts,
             "scan_seeds": seeds, "estimate_seconds": seconds, "k_curve": curve,
             "b3_f1_by_k": {str(k): v for k, v in sorted(b3_at.items())}}
+
+
+def train_features_of(d, meta, lda_from):
+    """The training part's features of the same kind as `d`'s, for --k-scan's estimate on them: a
+    predict.py output's model's features.npy (train_siamese.py's or train_cluster.py's, written on the data
+    it trained on); for an encoded directory, --lda-from TRAIN's features.npy where given; else None."""
+    if meta["stage"] == "predict":
+        model = meta["model"]
+    elif meta["stage"] == "encode" and lda_from and os.path.realpath(lda_from) != os.path.realpath(d):
+        model = lda_from
+    else:
+        return None
+    path = os.path.join(model, "features.npy")
+    return normalise(load_npy(path, load_meta(model)["n_instances"])) if os.path.exists(path) else None
 
 
 def lda_features(x, fit):
@@ -164,7 +188,8 @@ def main():
     ap.add_argument("--k-scan", action="store_true", help="also the table of K estimated without labels "
                     "against the gold K and the oracle's best K, for each features.npy")
     ap.add_argument("--lda-from", metavar="TRAIN", help="encoded training directory: adds the reference row "
-                    "'k-means, frozen + context LDA' (no labels; see above)")
+                    "'k-means, frozen + context LDA' (no labels; see above), and with --k-scan K estimated on "
+                    "its frozen features")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="JSON file for the rows (default: metrics.json in the first directory)")
     args = ap.parse_args()
@@ -221,15 +246,19 @@ def main():
             if f is None:
                 continue
             stage = m.get("model_stage", m["stage"])
+            train = train_features_of(d, m, args.lda_from)
             scans.append({"name": f"k-means, {ROW_NAMES.get(stage, stage)}", "dir": d,
-                          **k_scan(f, labels, args.seed, log)})
-        print("K without labels: estimated on each features.npy (the estimate reads no labels); k-means B3 F1 at "
-              "that K, at 10, at the gold K, and the best over the scanned range, an ORACLE (reads the labels); "
-              "each the mean over 3 k-means seeds")
-        print(f"{'':34} {'K est':>5} {'gold':>4} | {'at est':>6} {'at 10':>6} {'at gold':>7} | {'oracle best (K)':>15}")
+                          **k_scan(f, labels, args.seed, log, train=train)})
+        print("K without labels: estimated on each features.npy (the estimate reads no labels), and on the same "
+              "kind of features of the training part where known (train est); k-means B3 F1 at those K, at 10, "
+              "at the gold K, and the best over the scanned range, an ORACLE (reads the labels); each the mean "
+              "over 3 k-means seeds")
+        print(f"{'':34} {'K est':>5} {'train est':>9} {'gold':>4} | {'at est':>6} {'at train est':>12} {'at 10':>6} "
+              f"{'at gold':>7} | {'oracle best (K)':>15}")
         for s in scans:
             cell = lambda v: f"{100 * v:.1f}" if v is not None else "-"
-            print(f"{s['name']:34} {s['k_estimated']:5d} {s['k_gold']:4d} | {cell(s['b3_f1_at_estimate']):>6} "
+            print(f"{s['name']:34} {s['k_estimated']:5d} {s['k_estimated_on_train'] or '-':>9} {s['k_gold']:4d} | "
+                  f"{cell(s['b3_f1_at_estimate']):>6} {cell(s['b3_f1_at_train_estimate']):>12} "
                   f"{cell(s['b3_f1_at_10']):>6} {cell(s['b3_f1_at_gold']):>7} | "
                   f"{cell(s['oracle_best_b3_f1']):>8} ({s['oracle_best_k']})")
         print()

@@ -12,8 +12,9 @@ and its tail replaced by the mentions of other instances of the same types (trai
 Before the first epoch (--context-map, the default; not in the paper) the stage fits the context map
 that r ends with (fit_context_map): the pretrained encoder's r of every training instance, mapped by
 the linear discriminant of encode.py's relation-context groups (model.lda_map; no label is read) to
-64 directions, fixed from then on and saved in model.pt, so that every later stage and predict.py
-work in the mapped space (README, "Choices"); --no-context-map keeps the paper's r.
+64 directions, fixed from then on and saved in model.pt (and checkpoint.pt, from which --resume takes
+it instead of fitting it again), so that every later stage and predict.py work in the mapped space
+(README, "Choices"); --no-context-map keeps the paper's r.
 The representation r (model.RelationEncoder) of each view goes
 through the projector (z) and the predictor (p), and the loss is SimSiam's symmetric negative cosine
 with stop-gradient (model.URE.siamese):
@@ -48,7 +49,7 @@ from model import URE, RelationEncoder, lda_map, train_top, z_rank
 from rundir import fail, fingerprint, load_encoded, save_json, save_npy
 from training import (InPrecision, arguments, begin_training, bert_config, build_encoder, context_groups, device,
                       distributed, epochs, gather, load_tokenizer, optimizer_and_resume, positive_views, represent_all,
-                      save_checkpoint, save_model, second_views, shard, step)
+                      safe_load, save_checkpoint, save_model, second_views, shard, step)
 
 COLLAPSED = 0.2  # z_rank below this: the projections span under a fifth of the directions they could
 
@@ -75,6 +76,16 @@ def fit_context_map(bert, arrays, args, pooling, log, rank, world):
     return fit
 
 
+def resumed_context_dims(args):
+    """With --resume and a checkpoint to go on from: the width of the context map it holds (0: none),
+    whose buffers will replace any map fitted now, so none is; else None."""
+    path = os.path.join(args.out, "checkpoint.pt")
+    if not (args.resume and os.path.exists(path)):
+        return None
+    m = safe_load(path, "checkpoint")["model"].get("encoder.context_map")
+    return 0 if m is None else m.shape[1]
+
+
 def main():
     ap = arguments(__doc__)
     ap.add_argument("--dropout", type=float, default=0.1, help="dropout that makes the positive pair (paper: 0.01-0.5)")
@@ -91,8 +102,12 @@ def main():
     log(f"read {n} encoded instances from {args.data}")
     tokenizer = load_tokenizer(os.path.join(args.data, "tokenizer"))
     bert = build_encoder(data_meta["model"], tokenizer, args.dropout)
-    fit = fit_context_map(bert, arrays, args, data_meta["pooling"], log, rank, world) if args.context_map else None
-    context_dims = 0 if fit is None else fit[1].shape[1]
+    fit, resumed = None, resumed_context_dims(args)
+    if resumed is not None:
+        log(f"context map: {resumed or 'none'} dimensions, from the checkpoint to resume (not fitted again)")
+    elif args.context_map:
+        fit = fit_context_map(bert, arrays, args, data_meta["pooling"], log, rank, world)
+    context_dims = resumed if resumed is not None else 0 if fit is None else fit[1].shape[1]
     model = URE(bert, args.proj_dim, args.pred_dim, pooling=data_meta["pooling"], context_dims=context_dims)
     if fit is not None:
         model.encoder.set_context_map(*fit)

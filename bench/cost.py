@@ -8,7 +8,9 @@ extrapolated to a million; and neighbour mining at scale, exact and approximate.
 1. The stages.  Real records: --source (default fewrel_val_wiki.json, 11,200 sentences, in --data-dir:
    ../shared/data, else data/real), drawn with replacement (seed 0) to N records, encoded at
    --max-length.  For each N: encode.py --features, train_siamese.py and train_cluster.py (one epoch
-   each, at N <= --train-max only: an epoch of 100,000 takes hours on 2 cores), mine_neighbors.py (exact),
+   each, at N <= --train-max only: an epoch of 100,000 takes hours on 2 cores), mine_neighbors.py (exact,
+   on the frozen features at every N, the widest the pipeline mines (1,536 with MiniLM); with the context map
+   the Siamese features that the method mines are 64 wide),
    and predict.py (the clustering model of the smallest N applied to this N's data).  Every stage is a
    child process of its own: its time is its CPU time (user + system, start-up included, from os.wait4;
    on one thread, OMP_NUM_THREADS=1, the wall time it takes alone on an idle core, whatever else the
@@ -89,11 +91,10 @@ def run_stages(args, work):
             common = ["--epochs", 1, "--precision", args.precision, "--quiet"]
             fig["train_siamese"] = stage("train_siamese.py", "--data", enc, "--out", os.path.join(d, "siamese"),
                                          *common)
-            fig["mine_neighbors"] = stage("mine_neighbors.py", os.path.join(d, "siamese"))
+            stage("mine_neighbors.py", os.path.join(d, "siamese"))  # train_cluster.py's neighbours; not timed
             fig["train_cluster"] = stage("train_cluster.py", "--data", enc, "--init", os.path.join(d, "siamese"),
                                          "--out", os.path.join(d, "cluster"), *common)
-        else:
-            fig["mine_neighbors"] = stage("mine_neighbors.py", enc)  # the frozen features: the same size
+        fig["mine_neighbors"] = stage("mine_neighbors.py", enc)  # the frozen features, as wide at every N
         first = first or d
         fig["predict"] = stage("predict.py", "--model", os.path.join(first, "cluster"), "--data", enc,
                                "--out", os.path.join(d, "predict"), "--precision", args.precision, "--quiet")

@@ -3,13 +3,14 @@ row and --k-scan table."""
 import importlib.util
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import estimate_k
-from evaluate import type_pairs_held_to
+from evaluate import seed_mean_b3, type_pairs_held_to
 from metrics import score
 from test_pipeline import REPO, run  # the stages run as in the pipeline tests
 
@@ -281,7 +282,8 @@ def test_train_cluster_k_auto(auto):
 def test_evaluate_k_auto_and_k_scan(auto):
     out, _ = auto
     k = json.loads((out / "cluster" / "meta.json").read_text())["k"]
-    p = run("evaluate.py", out / "test_cluster", out / "test", "--k", "auto", "--k-scan", "--out", out / "m.json")
+    p = run("evaluate.py", out / "test_cluster", out / "test", "--k", "auto", "--k-scan", "--lda-from", out / "train",
+            "--out", out / "m.json")
     m = json.loads((out / "m.json").read_text())
     assert m["k"] == k and f"--k auto: K = {k}, the clustering head's" in p.stdout + p.stderr
     names = [r["name"] for r in m["rows"]]
@@ -299,6 +301,18 @@ def test_evaluate_k_auto_and_k_scan(auto):
         assert s["b3_f1_at_estimate"] == by_k[s["k_estimated"]] <= s["oracle_best_b3_f1"]
         assert s["k_curve"]["k"] == estimate_k.scan_ks(10, 31)  # 40 test instances, subsamples of 32: K < 32
         assert s["scan_seeds"] == 3 and s["criterion"] == "stability"
+    # K also estimated on the training part's features of the same kind: the final features of the model
+    # behind test_cluster (as train_cluster.py --k auto would), and --lda-from's frozen features
+    for s, train in zip(m["k_scan"], (out / "cluster", out / "train")):
+        k_train, _ = estimate_k.estimate_k(np.load(train / "features.npy"), seed=0)
+        assert s["k_estimated_on_train"] == k_train
+        by_k = {int(k): v for k, v in s["b3_f1_by_k"].items()}
+        assert s["b3_f1_at_train_estimate"] == by_k[k_train]
+        assert s["b3_f1_at_train_estimate"] == pytest.approx(
+            seed_mean_b3(labels, estimate_k.normalise(np.load(Path(s["dir"]) / "features.npy")), k_train, 0))
+    p = run("evaluate.py", out / "test", "--k", "10", "--k-scan", "--out", out / "m2.json")
+    scan, = json.loads((out / "m2.json").read_text())["k_scan"]
+    assert scan["k_estimated_on_train"] is None and scan["b3_f1_at_train_estimate"] is None  # no --lda-from
 
 
 def test_bench_quality_reports_k_without_labels():
@@ -308,13 +322,15 @@ def test_bench_quality_reports_k_without_labels():
     from types import SimpleNamespace
     row = {m: 0.5 for m in quality.METRICS}
     scan = {"name": "k-means, frozen encoder", "k_estimated": 12, "k_gold": 91, "b3_f1_at_estimate": 0.4,
+            "k_estimated_on_train": 21, "b3_f1_at_train_estimate": 0.425,
             "b3_f1_at_10": 0.39, "b3_f1_at_gold": 0.32, "oracle_best_b3_f1": 0.41, "oracle_best_k": 14, "k_range": [2, 100]}
     results = {"redocred": {"data": "redocred_dev.json", "pooling": "both", "times": {"encode": 1.5},
                             "table": {10: [dict(row, name="type pairs held to K")]}, "k_scan": [scan]}}
     md = quality.markdown(results, SimpleNamespace(seed=0, siamese_epochs=2, cluster_epochs=1, max_length=64,
                                                  precision="fp32"))
     assert "| type pairs held to K |" in md and "ORACLE" in md
-    assert "| frozen encoder | 12 | 91 | 40.0 | 39.0 | 32.0 | 41.0 (14, range 2..100) |" in md and "3 k-means seeds" in md
+    assert "| frozen encoder | 12 | 40.0 | 21 | 42.5 | 39.0 | 91 | 32.0 | 41.0 (14, range 2..100) |" in md
+    assert "3 k-means seeds" in md
 
 
 def test_k_probe_scores_each_rule_against_the_seed_averaged_curve(tmp_path):

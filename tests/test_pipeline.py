@@ -469,6 +469,9 @@ def test_train_siamese_resume_after_last_epoch(pipe, tmp_path):
     resumed = run("train_siamese.py", "--data", pipe.train, "--out", b, *SIAMESE, "--resume")
     assert "resumed after epoch 2" in resumed.stdout
     assert "epoch 1/" not in resumed.stdout and "epoch 2/" not in resumed.stdout  # no training
+    # the context map comes from the checkpoint: no pretrained pass to fit it again
+    assert f"context map: {LDA_DIMS} dimensions, from the checkpoint" in resumed.stdout
+    assert "context map fitted" not in resumed.stdout + resumed.stderr
     assert np.array_equal(load(b, "features.npy"), load(pipe.siamese, "features.npy"))
     assert read_json(b / "meta.json")["history"] == read_json(pipe.siamese / "meta.json")["history"]
 
