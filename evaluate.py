@@ -7,7 +7,11 @@ Each directory given is an encoded data directory (encode.py) or a model's outpu
 (train_siamese.py, train_cluster.py, predict.py: their meta.json names the data directory).  It gives
 one row per clustering it holds:
     pred.npy       the clustering head's clusters, scored as they are;
-    features.npy   clustered with k-means (K = --k) on L2-normalised features.
+    features.npy   clustered with k-means (K = --k) on L2-normalised features;
+                   for a predict.py output, also "training-part k-means": k-means fitted to its model's
+                   features.npy (the training data's features of the same kind) and each instance here
+                   assigned to the nearest of those centroids, fitted as the clustering head is (the row
+                   above is fitted to this part's own features, which the head never sees).
 Beside them, whenever the data has entity types, the reference points "one cluster per (head type,
 tail type) pair" (any number of clusters) and "type pairs held to K" (the K - 1 largest type pairs as
 their own clusters, all the others as one; the same as the first where there are at most K type pairs).
@@ -164,6 +168,14 @@ def context_lda_row(train, data, n, k, seed, log):
     return "k-means, frozen + context LDA", kmeans(lda_features(f, fit), k, seed)
 
 
+def nearest_centroid(train, assign, f):
+    """Rows of f (L2-normalised) assigned to the nearest centroid (squared Euclidean distance, as in
+    model.kmeans) of the training features `train` clustered as `assign`: k-means fitted the way the
+    clustering head is, to the training part, and then applied to this part."""
+    centres = np.stack([train[assign == c].mean(0) for c in np.unique(assign)])
+    return ((centres * centres).sum(1)[None, :] - 2 * f @ centres.T).argmin(1)
+
+
 def rows_of(d, k, seed, n):
     """(name, predicted clusters) for each clustering held by directory `d`."""
     _, meta = data_dir(d)
@@ -175,6 +187,9 @@ def rows_of(d, k, seed, n):
     f = features_of(d, n)
     if f is not None:
         rows.append((f"k-means, {what}", kmeans(f, k, seed)))
+        train = train_features_of(d, meta, None) if meta["stage"] == "predict" else None
+        if train is not None and len(train) >= k:
+            rows.append((f"training-part k-means, {what}", nearest_centroid(train, kmeans(train, k, seed), f)))
     if not rows:
         raise DataError(f"{d}: holds neither pred.npy nor features.npy")
     return rows
@@ -230,12 +245,13 @@ def main():
         rows += [row] if row else []
 
     results = []
-    print(f"\n{'':34} {'K':>4} | {'B3 P':>5} {'B3 R':>5} {'B3 F1':>5} | {'V hom':>5} {'V com':>5} "
+    w = max(34, *(len(name) for name, _ in rows))
+    print(f"\n{'':{w}} {'K':>4} | {'B3 P':>5} {'B3 R':>5} {'B3 F1':>5} | {'V hom':>5} {'V com':>5} "
           f"{'V F1':>5} | {'ARI':>5}")
     for name, pred in rows:
         s = score(labels, pred)
         results.append({"name": name, **s})
-        print(f"{name:34} {s['n_clusters']:4d} | {100 * s['b3_precision']:5.1f} {100 * s['b3_recall']:5.1f} "
+        print(f"{name:{w}} {s['n_clusters']:4d} | {100 * s['b3_precision']:5.1f} {100 * s['b3_recall']:5.1f} "
               f"{100 * s['b3_f1']:5.1f} | {100 * s['v_homogeneity']:5.1f} {100 * s['v_completeness']:5.1f} "
               f"{100 * s['v_measure']:5.1f} | {100 * s['ari']:5.1f}")
     print()

@@ -17,7 +17,10 @@ relations), predicts the 20 % with the trained models, and scores, at both K:
     (c) k-means on the Siamese features;
     (d) the clustering head (the method);
     (e) k-means on the final features;
-    (f) type pairs held to K (the K - 1 largest type pairs, the rest together), where there are types.
+    (f) type pairs held to K (the K - 1 largest type pairs, the rest together), where there are types;
+    (g) training-part k-means on the Siamese and on the final features: fitted to the 80 %'s features, the
+        20 % assigned to the nearest centroid, as the head is fitted to the 80 % and predicts the 20 %;
+    (h) k-means on the frozen features mapped by the context LDA of the 80 % (no labels).
 Then, for the frozen, Siamese and final (K = 10 run) features of the 20 %, K without labels
 (evaluate.py --k-scan): K estimated by estimate_k.py (no labels) on those features and on the same
 kind of features of the 80 % (as train_cluster.py --k auto estimates it), the gold number of relations,

@@ -554,8 +554,8 @@ def test_predict_refuses_other_marker_vocabulary(pipe, tmp_path):
 
 
 ROWS = ["one cluster per type pair", "type pairs held to K", "clustering head (the method)",
-        "k-means, final features", "k-means, Siamese features", "k-means, frozen encoder",
-        "k-means, frozen + context LDA"]
+        "k-means, final features", "training-part k-means, final features", "k-means, Siamese features",
+        "training-part k-means, Siamese features", "k-means, frozen encoder", "k-means, frozen + context LDA"]
 
 
 def test_evaluate_table_and_metrics(pipe):
@@ -588,6 +588,17 @@ def test_evaluate_scores_are_recomputable(pipe):
                     ("k-means, frozen encoder", pipe.test)):
         f = load(d, "features.npy")
         expected[name] = kmeans(f / np.linalg.norm(f, axis=1, keepdims=True), K, 0)
+    # k-means fitted to the training part's features of the same kind, this part by nearest centroid (cosine:
+    # every row and centroid direction compared by angle; the centroids' norms make it squared distance)
+    for name, model, d in (("training-part k-means, final features", pipe.cluster, pipe.test_cluster),
+                           ("training-part k-means, Siamese features", pipe.siamese, pipe.test_siamese)):
+        t, f = load(model, "features.npy"), load(d, "features.npy")
+        t, f = t / np.linalg.norm(t, axis=1, keepdims=True), f / np.linalg.norm(f, axis=1, keepdims=True)
+        a = kmeans(t, K, 0)
+        c = np.array([t[a == i].mean(0) for i in sorted(set(a.tolist()))])
+        dist = np.array([[np.sum((row - centre) ** 2) for centre in c] for row in f])
+        expected[name] = dist.argmin(1)
+        assert len(t) == len(pipe.train_records) != len(f)
     # the label-free linear baseline: LDA of the training file's context groups, by hand
     x, g = load(pipe.train, "features.npy").astype(np.float64), load(pipe.train, "context_key.npy")
     x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -642,7 +653,7 @@ def test_run_all_end_to_end(tiny_model, tiny_data, tmp_path):
                  "one cluster per type pair"):
         assert name in p.stdout
     m = read_json(out / "metrics.json")
-    assert len(m["rows"]) == 7 and [r["name"] for r in m["rows"]] == ROWS
+    assert len(m["rows"]) == 9 and [r["name"] for r in m["rows"]] == ROWS
     assert m["k"] == K and m["n"] == len(read_json(test))
     for d in ("train", "test", "siamese", "cluster", "test_cluster", "test_siamese"):
         assert (out / d / "meta.json").is_file(), d
