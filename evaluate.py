@@ -187,7 +187,7 @@ def rows_of(d, k, seed, n):
     f = features_of(d, n)
     if f is not None:
         rows.append((f"k-means, {what}", kmeans(f, k, seed)))
-        train = train_features_of(d, meta, None) if meta["stage"] == "predict" else None
+        train = train_features_of(d, meta, None)  # a predict.py output's model's features, else None
         if train is not None and len(train) >= k:
             rows.append((f"training-part k-means, {what}", nearest_centroid(train, kmeans(train, k, seed), f)))
     if not rows:

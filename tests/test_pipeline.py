@@ -588,8 +588,8 @@ def test_evaluate_scores_are_recomputable(pipe):
                     ("k-means, frozen encoder", pipe.test)):
         f = load(d, "features.npy")
         expected[name] = kmeans(f / np.linalg.norm(f, axis=1, keepdims=True), K, 0)
-    # k-means fitted to the training part's features of the same kind, this part by nearest centroid (cosine:
-    # every row and centroid direction compared by angle; the centroids' norms make it squared distance)
+    # k-means fitted to the training part's features of the same kind, this part assigned to the nearest
+    # centroid by squared Euclidean distance (as model.kmeans assigns), computed row by row
     for name, model, d in (("training-part k-means, final features", pipe.cluster, pipe.test_cluster),
                            ("training-part k-means, Siamese features", pipe.siamese, pipe.test_siamese)):
         t, f = load(model, "features.npy"), load(d, "features.npy")
