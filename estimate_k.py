@@ -5,9 +5,10 @@
     python estimate_k.py runs/default/test --criterion silhouette     # PromptORE's criterion
 
 Reads RUN/features.npy (written by encode.py --features, train_siamese.py, train_cluster.py or
-predict.py) and nothing else of the run: no label is read.  For each K of the range it scores the
-L2-normalised features with a criterion that needs no labels, smooths the curve of scores over K with
-a Gaussian kernel and takes the K where the smoothed curve is highest.  Two criteria:
+predict.py) and, where the run's encoded data has entity types, its type_pair.npy: no label is read.
+For each K of the range it scores the L2-normalised features with a criterion that needs no labels,
+smooths the curve of scores over K with a Gaussian kernel and takes the K where the smoothed curve is
+highest.  Two criteria:
 
   - stability (the default; Ben-Hur, Elisseeff & Guyon 2002, Lange et al. 2004): draw two random 80 %
     subsamples, cluster each with k-means (model.kmeans, other seeds) on the features' top --dims (64)
@@ -20,9 +21,13 @@ a Gaussian kernel and takes the K where the smoothed curve is highest.  Two crit
 
 The default range is 10..100, PromptORE's lower end: on typed data both criteria favour the handful of
 type-pair groups below 10 (Re-DocRED's training part: K = 2-4, where k-means scores B3 F1 16-23
-against 41 at best), which is no estimate of the number of relations; --k-min 2 scans from 2.  See the
-README, "How many relations?", for why this criterion and these settings, measured on the training
-parts of the shared sets only.
+against 41 at best), which is no estimate of the number of relations; --k-min 2 scans from 2.  On
+typed data the scan starts no lower than the number of (head type, tail type) pairs that hold at least
+TYPE_SHARE (0.5 %) of the instances (type_floor, the type floor): features that carry the types keep
+each such pair apart, so fewer clusters merge whole type pairs, and the stability curve, which falls
+from the range's lower end on these features, picks such a K (Re-DocRED: 20 type pairs, the best K of
+its training parts 15-29).  See the README, "How many relations?", for why this criterion and these
+settings, measured on the training parts of the shared sets only.
 
 Cost: where N is above --sample (2,500), the scan works on a random subsample of that many instances;
 K is scanned one by one up to 30, then every second K up to 60 and every fifth beyond (scan_ks;
@@ -32,15 +37,15 @@ on all 1,536 dimensions, with estimates as close to the best on the training par
 k-means on all dimensions and two matrix products over the subsample's [m, m] cosine distances.
 
 Edge cases, said on the console and in k.json:
-  - the scan runs over max(--k-min, 2) .. min(--k-max, M - 1), M the number of instances each
-    clustering sees (N for the silhouette, 80 % of N for stability), said when clipped; data with too
-    few instances for any K of the range has no estimate (an error that says so);
+  - the scan runs over max(--k-min, 2, the type floor) .. min(--k-max, M - 1), M the number of
+    instances each clustering sees (N for the silhouette, 80 % of N for stability), said when clipped
+    or raised; data with too few instances for any K of the range has no estimate (an error that says so);
   - data that is one cluster still gets K >= 2, since K = 1 cannot be scored; when the silhouette of
     the clustering at the estimate is below WEAK (0.05) the message and k.json (`weak: true`) say
     that the features show no clear cluster structure, and that the estimate is then little more than
     a point of the range.
 
-Writes RUN/k.json: {"k", "criterion", settings, "seconds", "n", "sample", "note", "weak",
+Writes RUN/k.json: {"k", "criterion", settings, "seconds", "n", "sample", "note", "type_floor", "weak",
 "silhouette_at_k", "curve": {"k": [...], "score": [...], "smoothed": [...]}}, atomically; --plot also
 draws the curve to RUN/k.png (matplotlib).
 """
@@ -54,7 +59,7 @@ import torch
 from data import DataError
 from metrics import ari
 from model import kmeans
-from rundir import atomic_write, fail, load_npy, save_json
+from rundir import atomic_write, fail, load_meta, load_npy, save_json
 
 CRITERIA = ("stability", "silhouette")
 K_MIN, K_MAX = 10, 100     # default range, as PromptORE's lower end: below 10 both criteria favour the few
@@ -66,6 +71,8 @@ RESTARTS = 2               # k-means restarts per clustering in the scan (model.
 DIMS = 64                  # stability: k-means on the top 64 principal coordinates of the features (0: all)
 BANDWIDTH = {"stability": 5.0, "silhouette": 3.0}  # std of the Gaussian kernel that smooths the curve, in K
 WEAK = 0.05                # silhouette at the estimate below this: no clear cluster structure
+TYPE_SHARE = 0.005         # a type pair with at least this share of the instances counts for the type floor
+                           # (chosen on the training parts, README "How many relations?")
 
 
 def normalise(x):
@@ -170,19 +177,47 @@ def k_range(n, k_min=K_MIN, k_max=K_MAX, criterion="stability", sample=SAMPLE):
     return lo, hi, ("; ".join(notes) or None)
 
 
+def type_floor(type_pair, share=TYPE_SHARE):
+    """The number of (head type, tail type) pairs that hold at least `share` of the instances
+    (`type_pair`: a pair id per instance, encode.py's type_pair.npy); 0 for data without types (None)."""
+    if type_pair is None:
+        return 0
+    _, counts = np.unique(np.asarray(type_pair), return_counts=True)
+    return int((counts >= share * len(type_pair)).sum())
+
+
+def type_pairs_of(run):
+    """type_pair.npy of the encoded data behind directory `run` (the run itself if it is encode.py's,
+    else the data directory its meta.json names), or None: no meta.json, or data without types."""
+    if not os.path.exists(os.path.join(run, "meta.json")):
+        return None
+    meta = load_meta(run)
+    path = os.path.join(run if meta["stage"] == "encode" else meta["data"], "type_pair.npy")
+    return np.asarray(load_npy(path, meta["n_instances"])) if os.path.exists(path) else None
+
+
 def estimate_k(features, k_min=K_MIN, k_max=K_MAX, seed=0, criterion="stability", sample=SAMPLE, pairs=PAIRS,
-               restarts=RESTARTS, bandwidth=None, log=None, every=False, dims=DIMS):
+               restarts=RESTARTS, bandwidth=None, log=None, every=False, dims=DIMS, type_pair=None):
     """Label-free estimate of K from `features` [N, D].  Returns (k, curve): the K where the smoothed
     curve of the criterion ("stability" or "silhouette") is highest, and a dict with the scanned "k",
     the "score" of each, its "smoothed" curve (bandwidth: BANDWIDTH[criterion] unless given), and "n",
-    "sample", "note" (a clipped range), "silhouette_at_k" (of one k-means at the estimate, --restarts
-    starts) and "weak" (that silhouette below WEAK)."""
+    "sample", "note" (a clipped or raised range), "type_floor", "silhouette_at_k" (of one k-means at the
+    estimate, --restarts starts) and "weak" (that silhouette below WEAK).  `type_pair` (a type-pair id
+    per instance, or None): the scan starts no lower than type_floor(type_pair)."""
     if criterion not in CRITERIA:
         raise DataError(f"estimate K: criterion {criterion!r}: must be one of {', '.join(CRITERIA)}")
     bandwidth = BANDWIDTH[criterion] if bandwidth is None else bandwidth
     x = normalise(features)
     n = x.shape[0]
+    if type_pair is not None and len(type_pair) != n:
+        raise DataError(f"estimate K: {len(type_pair)} type-pair ids for {n} instances' features")
     lo, hi, note = k_range(n, k_min, k_max, criterion, sample)
+    floor = type_floor(type_pair)
+    if floor > lo:
+        lo = min(floor, hi)
+        raised = (f"the scan starts at K = {lo}: the data has {floor} (head type, tail type) pairs that hold at "
+                  f"least {100 * TYPE_SHARE:g} % of the instances")
+        note = "; ".join(filter(None, [note, raised]))
     if note and log:
         log(note)
     rng = np.random.default_rng(seed)
@@ -201,7 +236,7 @@ def estimate_k(features, k_min=K_MIN, k_max=K_MAX, seed=0, criterion="stability"
     # the silhouette of k-means at the estimate: the scan's own score where the scan is the silhouette
     at_k = scores[best] if criterion == "silhouette" else silhouette(sim, kmeans(x, k, seed, restarts=restarts), k)
     curve = {"k": ks, "score": [round(float(s), 5) for s in scores], "smoothed": [round(float(s), 5) for s in smoothed],
-             "n": n, "sample": int(x.shape[0]), "note": note, "silhouette_at_k": round(at_k, 5),
+             "n": n, "sample": int(x.shape[0]), "note": note, "type_floor": floor, "silhouette_at_k": round(at_k, 5),
              "weak": bool(at_k < WEAK), "criterion": criterion, "bandwidth": bandwidth, "restarts": restarts,
              "pairs": pairs if criterion == "stability" else None, "dims": dims if criterion == "stability" else None}
     return k, curve
@@ -215,7 +250,8 @@ CRITERION_NAMES = {
 def record(k, curve, **extra):
     """What k.json (and train_cluster.py's meta.json) hold: the choice, its settings, and the curve."""
     return {"k": k, "criterion": CRITERION_NAMES[curve["criterion"]], "bandwidth": curve["bandwidth"],
-            **extra, "n": curve["n"], "sample": curve["sample"], "note": curve["note"], "weak": curve["weak"],
+            **extra, "n": curve["n"], "sample": curve["sample"], "note": curve["note"],
+            "type_floor": curve["type_floor"], "weak": curve["weak"],
             "restarts": curve["restarts"], "pairs": curve["pairs"], "dims": curve["dims"],
             "silhouette_at_k": curve["silhouette_at_k"],
             "curve": {key: curve[key] for key in ("k", "score", "smoothed")}}
@@ -275,8 +311,12 @@ def main():
     if feats.ndim != 2:
         raise DataError(f"{path}: expected a 2-d array [N, D], got shape {feats.shape}")
     log(f"read features {feats.shape} from {path} (no labels are read)")
+    type_pair = type_pairs_of(args.run)
+    if type_pair is not None:
+        log(f"read the type pairs of its {len(type_pair)} instances ({type_floor(type_pair)} hold at least "
+            f"{100 * TYPE_SHARE:g} % of them)")
     k, curve = estimate_k(feats, args.k_min, args.k_max, args.seed, args.criterion, args.sample, args.pairs,
-                          args.restarts, args.bandwidth, log, args.every_k, args.dims)
+                          args.restarts, args.bandwidth, log, args.every_k, args.dims, type_pair)
     seconds = round(time.time() - t0, 1)
     out = os.path.join(args.run, "k.json")
     save_json(out, record(k, curve, features=os.path.abspath(path), k_min=args.k_min, k_max=args.k_max, seed=args.seed,

@@ -22,9 +22,10 @@ reads no label, then k-means.  A label-free linear baseline (README, "Results").
 --k auto takes K from the clustering head (the width of probs.npy in the first directory that has
 one), or else estimates it from the first directory's features without labels (estimate_k.py).
 --k-scan adds a second table for each features.npy: K estimated on those features without labels
-(estimate_k.py), the gold number of relations, and k-means B3 F1 at the estimate, at K = 10, at the
-gold K, and the best over the K that the estimate scanned, an ORACLE that reads the labels (evaluation
-only: nothing chooses K with it); every figure of that table is the mean over 3 k-means seeds (3
+(estimate_k.py; on typed data from the type floor of the data's type pairs), the gold number of
+relations, and k-means B3 F1 at the estimate, at K = 10, at the gold K, and the best over the default
+range 10..100 (the type floor does not narrow it), an ORACLE that reads the labels (evaluation only:
+nothing chooses K with it); every figure of that table is the mean over 3 k-means seeds (3
 restarts each), so that the oracle is not the luckiest of many single runs.  Where the training part's
 features of the same kind are known (a predict.py output: its model's features.npy; the encoded
 directory: --lda-from TRAIN's), K is also estimated on them, as train_cluster.py --k auto would, and
@@ -41,7 +42,7 @@ import time
 import numpy as np
 
 from data import DataError
-from estimate_k import estimate_k, normalise
+from estimate_k import estimate_k, k_range, normalise, scan_ks, type_pairs_of
 from metrics import b3, score
 from model import kmeans, lda_map
 from rundir import Log, check_source, fail, load_meta, load_npy, save_json
@@ -74,9 +75,10 @@ def features_of(d, n):
     return normalise(load_npy(path, n)) if os.path.exists(path) else None
 
 
-def auto_k(runs, n, seed, log):
+def auto_k(runs, n, seed, log, type_pair):
     """--k auto: the clustering head's K (the width of the first probs.npy), or else K estimated
-    without labels from the first directory's features (estimate_k.estimate_k)."""
+    without labels from the first directory's features (estimate_k.estimate_k; `type_pair`: the data's
+    type pairs or None)."""
     for d in runs:
         if os.path.exists(os.path.join(d, "probs.npy")):
             k = int(load_npy(os.path.join(d, "probs.npy"), n).shape[1])
@@ -85,7 +87,7 @@ def auto_k(runs, n, seed, log):
     for d in runs:
         f = features_of(d, n)
         if f is not None:
-            k, _ = estimate_k(f, seed=seed, log=log)
+            k, _ = estimate_k(f, seed=seed, log=log, type_pair=type_pair)
             log(f"--k auto: K = {k}, estimated without labels from {d}/features.npy")
             return k
     raise DataError(f"--k auto: none of {runs} holds probs.npy or features.npy")
@@ -97,46 +99,53 @@ def seed_mean_b3(labels, x, k, seed, restarts=3, seeds=3):
     return float(np.mean([b3(labels, kmeans(x, k, seed + s, restarts=restarts))[2] for s in range(seeds)]))
 
 
-def k_scan(f, labels, seed, log, restarts=3, seeds=3, train=None):
+def k_scan(f, labels, seed, log, restarts=3, seeds=3, type_pair=None, train=None, train_types=None):
     """For one features matrix: K estimated without labels, the gold K, and k-means B3 F1 at the estimate,
-    at 10, at the gold K and at every K of the estimate's range, each the mean over `seeds` k-means seeds
-    of `restarts` restarts (one k-means run moves B3 F1 by up to 8 points from seed to seed, and the best of
-    44 single runs would be the luckiest draw): the oracle's best of that curve reads the labels
-    (evaluation only).  `train`: the same kind of features of the training part (or None); K is then also
-    estimated on them, as train_cluster.py --k auto estimates it, and B3 F1 of `f` scored at that K."""
+    at 10, at the gold K and at every K of the default range (estimate_k.k_range: 10..100, clipped to the
+    instances; the type floor does not narrow it), each the mean over `seeds` k-means seeds of `restarts`
+    restarts (one k-means run moves B3 F1 by up to 8 points from seed to seed, and the best of 44 single
+    runs would be the luckiest draw): the oracle's best of that curve reads the labels (evaluation only).
+    `train`: the same kind of features of the training part (or None); K is then also estimated on them,
+    as train_cluster.py --k auto estimates it, and B3 F1 of `f` scored at that K.
+    `type_pair`, `train_types`: the type pairs of the two parts (or None), for the estimate's type floor."""
     t0 = time.time()
-    k_est, curve = estimate_k(f, seed=seed, log=log)
+    k_est, curve = estimate_k(f, seed=seed, log=log, type_pair=type_pair)
     seconds = round(time.time() - t0, 1)
     log(f"K = {k_est} estimated without labels in {seconds} s")
     k_train = None
     if train is not None:
-        k_train, _ = estimate_k(train, seed=seed, log=log)
+        k_train, _ = estimate_k(train, seed=seed, log=log, type_pair=train_types)
         log(f"K = {k_train} estimated without labels on the training part's {len(train)} instances")
     gold = len(np.unique(labels))
-    ks = sorted(set(curve["k"]) | {k for k in (k_est, 10, gold, k_train) if k is not None and k <= len(f)})
+    scanned = scan_ks(*k_range(len(f))[:2])  # the oracle's range: the estimate's before any type floor
+    ks = sorted(set(scanned) | {k for k in (k_est, 10, gold, k_train) if k is not None and k <= len(f)})
     b3_at = {k: seed_mean_b3(labels, f, k, seed, restarts, seeds) for k in ks}
-    best = max(curve["k"], key=lambda k: (b3_at[k], -k))
+    best = max(scanned, key=lambda k: (b3_at[k], -k))
     return {"k_estimated": k_est, "k_gold": gold, "b3_f1_at_estimate": b3_at[k_est],
             "k_estimated_on_train": k_train, "b3_f1_at_train_estimate": b3_at.get(k_train),
             "b3_f1_at_10": b3_at.get(10),
             "b3_f1_at_gold": b3_at.get(gold), "oracle_best_b3_f1": b3_at[best], "oracle_best_k": best,
-            "k_range": [curve["k"][0], curve["k"][-1]], "criterion": curve["criterion"], "scan_restarts": restarts,
+            "k_range": [scanned[0], scanned[-1]], "criterion": curve["criterion"], "scan_restarts": restarts,
             "scan_seeds": seeds, "estimate_seconds": seconds, "k_curve": curve,
             "b3_f1_by_k": {str(k): v for k, v in sorted(b3_at.items())}}
 
 
-def train_features_of(d, meta, lda_from):
-    """The training part's features of the same kind as `d`'s, for --k-scan's estimate on them: a
-    predict.py output's model's features.npy (train_siamese.py's or train_cluster.py's, written on the data
-    it trained on); for an encoded directory, --lda-from TRAIN's features.npy where given; else None."""
+def train_run_of(d, meta, lda_from):
+    """The directory of the training part's features of the same kind as `d`'s: a predict.py output's
+    model (train_siamese.py's or train_cluster.py's, whose features.npy is of the data it trained on); for
+    an encoded directory, --lda-from TRAIN where given; else None."""
     if meta["stage"] == "predict":
-        model = meta["model"]
-    elif meta["stage"] == "encode" and lda_from and os.path.realpath(lda_from) != os.path.realpath(d):
-        model = lda_from
-    else:
-        return None
-    path = os.path.join(model, "features.npy")
-    return normalise(load_npy(path, load_meta(model)["n_instances"])) if os.path.exists(path) else None
+        return meta["model"]
+    if meta["stage"] == "encode" and lda_from and os.path.realpath(lda_from) != os.path.realpath(d):
+        return lda_from
+    return None
+
+
+def train_features_of(d, meta, lda_from):
+    """The training part's features of the same kind as `d`'s (train_run_of), L2-normalised, or None."""
+    model = train_run_of(d, meta, lda_from)
+    path = model and os.path.join(model, "features.npy")
+    return normalise(load_npy(path, load_meta(model)["n_instances"])) if path and os.path.exists(path) else None
 
 
 def lda_features(x, fit):
@@ -225,16 +234,16 @@ def main():
     labels = np.asarray(load_npy(os.path.join(data, "labels.npy"), n))
     log(f"read gold relations of {n} instances ({len(np.unique(labels))} relations) from {data}")
 
+    type_pair = type_pairs_of(data)
     if args.k == "auto":
-        k = auto_k(args.runs, n, args.seed, log)
+        k = auto_k(args.runs, n, args.seed, log, type_pair)
     else:
         try:
             k = int(args.k)
         except ValueError:
             raise DataError(f"--k {args.k!r}: give a number of clusters or auto") from None
     rows = []
-    if os.path.exists(os.path.join(data, "type_pair.npy")):
-        type_pair = np.asarray(load_npy(os.path.join(data, "type_pair.npy"), n))
+    if type_pair is not None:
         rows.append(("one cluster per type pair", type_pair))
         if k >= 1:
             rows.append(("type pairs held to K", type_pairs_held_to(type_pair, k)))
@@ -263,12 +272,14 @@ def main():
                 continue
             stage = m.get("model_stage", m["stage"])
             train = train_features_of(d, m, args.lda_from)
+            train_types = type_pairs_of(train_run_of(d, m, args.lda_from)) if train is not None else None
             scans.append({"name": f"k-means, {ROW_NAMES.get(stage, stage)}", "dir": d,
-                          **k_scan(f, labels, args.seed, log, train=train)})
+                          **k_scan(f, labels, args.seed, log, type_pair=type_pair, train=train,
+                                   train_types=train_types)})
         print("K without labels: estimated on each features.npy (the estimate reads no labels), and on the same "
               "kind of features of the training part where known (train est); k-means B3 F1 at those K, at 10, "
-              "at the gold K, and the best over the scanned range, an ORACLE (reads the labels); each the mean "
-              "over 3 k-means seeds")
+              "at the gold K, and the best over the default range (10..100), an ORACLE (reads the labels); each "
+              "the mean over 3 k-means seeds")
         print(f"{'':34} {'K est':>5} {'train est':>9} {'gold':>4} | {'at est':>6} {'at train est':>12} {'at 10':>6} "
               f"{'at gold':>7} | {'oracle best (K)':>15}")
         for s in scans:

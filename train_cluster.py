@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from data import DataError
-from estimate_k import estimate_k, record
+from estimate_k import estimate_k, record, type_pairs_of
 from mine_neighbors import mine
 from model import URE, scan_loss, train_top
 from rundir import check_source, fail, fingerprint, load_encoded, load_json, load_meta, load_npy, save_json, save_npy
@@ -98,7 +98,8 @@ def main():
     k_estimate = None
     if args.k == "auto":  # label-free: the stability of k-means on the Siamese features (estimate_k.py)
         t0 = time.time()
-        args.k, curve = estimate_k(load_npy(os.path.join(args.init, "features.npy"), n), seed=args.seed, log=log)
+        args.k, curve = estimate_k(load_npy(os.path.join(args.init, "features.npy"), n), seed=args.seed, log=log,
+                                   type_pair=type_pairs_of(args.data))
         k_estimate = record(args.k, curve, features=os.path.abspath(os.path.join(args.init, "features.npy")),
                             seconds=round(time.time() - t0, 1))
         log(f"--k auto: K = {args.k}, estimated without labels from the Siamese features "

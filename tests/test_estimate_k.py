@@ -161,6 +161,31 @@ def test_range_is_clipped_to_n():
     assert curve["k"][0] == 2 and "cannot be scored" in curve["note"]
 
 
+def test_type_floor_counts_the_type_pairs_above_the_share():
+    rng = np.random.default_rng(0)
+    tp = rng.choice(30, size=2000, p=rng.dirichlet(np.ones(30) * 0.3))
+    brute = sum(1 for t in set(tp.tolist()) if (tp == t).sum() / len(tp) >= estimate_k.TYPE_SHARE)
+    assert estimate_k.type_floor(tp) == brute and 0 < brute < len(set(tp.tolist()))
+    assert estimate_k.type_floor(None) == 0 and estimate_k.type_floor(np.zeros(50, np.int32)) == 1
+    assert estimate_k.type_floor(np.array([0] * 199 + [1])) == 2  # 1 of 200 is 0.5 %: counted
+
+
+def test_type_floor_raises_the_lower_end_of_the_scan():
+    x, _ = blobs(4, 600, seed=2)
+    tp = np.repeat(np.arange(12), 50)  # 12 type pairs of 50 instances each
+    notes = []
+    est, curve = estimate_k.estimate_k(x, 2, 30, seed=0, log=notes.append, type_pair=tp)
+    assert curve["k"] == estimate_k.scan_ks(12, 30) and 12 <= est <= 30 and curve["type_floor"] == 12
+    assert "starts at K = 12" in curve["note"] and notes == [curve["note"]]
+    assert estimate_k.estimate_k(x, 2, 30, seed=0, bandwidth=0)[0] == 4  # without the types: the 4 blobs
+    _, curve = estimate_k.estimate_k(x, 2, 8, seed=0, type_pair=tp)  # the floor above the range: its top
+    assert curve["k"] == [8] and curve["type_floor"] == 12
+    _, curve = estimate_k.estimate_k(x, 14, 30, seed=0, type_pair=tp)  # below --k-min: no change, no note
+    assert curve["k"][0] == 14 and curve["note"] is None
+    with pytest.raises(estimate_k.DataError, match="599 type-pair ids for 600"):
+        estimate_k.estimate_k(x, 2, 30, type_pair=tp[1:])
+
+
 @pytest.mark.parametrize("n, k_min, k_max, msg", [(2, 2, 100, "at least 3"), (1, 2, 100, "at least 3"),
                                                   (3, 2, 100, "at least 3"),  # stability: subsamples of 2
                                                   (10, 12, 20, "leaves nothing to scan"),
@@ -194,6 +219,29 @@ def test_stage_writes_k_json_and_plot(tmp_path):
     assert m["dims"] is None and m["pairs"] is None  # the projection and the pairs are the stability scan's
     assert (d / "k.png").stat().st_size > 0
     assert not [f for f in os.listdir(d) if f.endswith(".tmp")]
+
+
+def test_stage_reads_the_type_pairs_of_the_runs_data(tmp_path):
+    x, _ = blobs(4, 600, seed=2)
+    data = write_features(tmp_path / "train", x)  # an encoded directory with types (encode.py's files)
+    np.save(data / "type_pair.npy", np.repeat(np.arange(12), 50).astype(np.int32))
+    (data / "meta.json").write_text(json.dumps({"stage": "encode", "n_instances": 600, "fingerprint": "f",
+                                                "model": "m", "markers": []}))
+    siamese = write_features(tmp_path / "siamese", x)  # a training stage's run on it: types from its data
+    (siamese / "meta.json").write_text(json.dumps({"stage": "siamese", "data": str(data), "data_fingerprint": "f",
+                                                   "n_instances": 600, "fingerprint": "g"}))
+    bare = write_features(tmp_path / "bare", x)  # features alone: no types, no floor
+    for d in (data, siamese, bare):
+        p = run("estimate_k.py", d, "--k-min", "2", "--k-max", "30", "--bandwidth", "0")
+        m = json.loads((d / "k.json").read_text())
+        if d == bare:
+            assert m["type_floor"] == 0 and m["curve"]["k"][0] == 2 and m["k"] == 4
+        else:
+            assert m["type_floor"] == 12 and m["curve"]["k"][0] == 12 and m["k"] >= 12
+            assert "12 hold at least 0.5 %" in p.stdout and "the scan starts at K = 12" in p.stdout
+    np.save(data / "type_pair.npy", np.zeros(599, np.int32))
+    p = run("estimate_k.py", siamese, ok=False)
+    assert p.returncode == 2 and "type_pair.npy: has 599 rows but its data has 600" in p.stderr
 
 
 def test_stage_on_too_few_instances_and_one_cluster(tmp_path):
@@ -270,8 +318,10 @@ def test_train_cluster_k_auto(auto):
     meta = json.loads((out / "cluster" / "meta.json").read_text())
     k = meta["k"]
     x = np.load(out / "siamese" / "features.npy")
-    expected, curve = estimate_k.estimate_k(x, seed=0)
+    tp = np.load(out / "train" / "type_pair.npy")  # the training data's type pairs set the scan's floor
+    expected, curve = estimate_k.estimate_k(x, seed=0, type_pair=tp)
     assert k == expected == meta["k_estimate"]["k"] == meta["settings"]["k"]
+    assert meta["k_estimate"]["type_floor"] == estimate_k.type_floor(tp) > 0
     assert meta["k_estimate"]["curve"]["score"] == curve["score"]
     assert np.load(out / "cluster" / "probs.npy").shape[1] == k
     assert f"--k auto: K = {k}, estimated without labels" in log.stderr + log.stdout
@@ -297,14 +347,17 @@ def test_evaluate_k_auto_and_k_scan(auto):
     for s in m["k_scan"]:
         by_k = {int(k): v for k, v in s["b3_f1_by_k"].items()}
         assert s["k_gold"] == len(np.unique(labels))
-        assert s["oracle_best_b3_f1"] == max(by_k[k] for k in s["k_curve"]["k"])
+        assert s["oracle_best_b3_f1"] == max(by_k[k] for k in estimate_k.scan_ks(*s["k_range"]))
         assert s["b3_f1_at_estimate"] == by_k[s["k_estimated"]] <= s["oracle_best_b3_f1"]
         assert s["k_curve"]["k"] == estimate_k.scan_ks(10, 31)  # 40 test instances, subsamples of 32: K < 32
+        assert s["k_range"] == [10, 30]
         assert s["scan_seeds"] == 3 and s["criterion"] == "stability"
     # K also estimated on the training part's features of the same kind: the final features of the model
     # behind test_cluster (as train_cluster.py --k auto would), and --lda-from's frozen features
     for s, train in zip(m["k_scan"], (out / "cluster", out / "train")):
-        k_train, _ = estimate_k.estimate_k(np.load(train / "features.npy"), seed=0)
+        assert s["k_curve"]["type_floor"] == estimate_k.type_floor(tp) > 0  # the test part's type pairs
+        k_train, _ = estimate_k.estimate_k(np.load(train / "features.npy"), seed=0,
+                                           type_pair=np.load(out / "train" / "type_pair.npy"))
         assert s["k_estimated_on_train"] == k_train
         by_k = {int(k): v for k, v in s["b3_f1_by_k"].items()}
         assert s["b3_f1_at_train_estimate"] == by_k[k_train]
@@ -341,8 +394,9 @@ def test_k_probe_scores_each_rule_against_the_seed_averaged_curve(tmp_path):
     out = tmp_path / "probe.json"
     p = run("bench/k_probe.py", d, "--out", out)
     r = json.loads(out.read_text())[str(d)]
-    k, curve = estimate_k.estimate_k(x)  # the default rule, as the stage makes it
-    assert r["picks"]["stability, 64 dimensions, std 5 (the default)"] == k
+    k, curve = estimate_k.estimate_k(x)  # the default rule, as the stage makes it (no types: no floor)
+    assert r["picks"]["stability, std 5, from type pairs >= 0.5 % (the default)"] == k
+    assert r["picks"]["stability, 64 dimensions, std 5, from 10"] == k
     assert r["scans"]["stability"]["score"] == curve["score"] and r["gold"] == 4
     assert {int(k) for k in r["oracle"]} >= set(estimate_k.scan_ks(10, 100)) | set(r["picks"].values())
     x_n = estimate_k.normalise(x)
@@ -350,3 +404,18 @@ def test_k_probe_scores_each_rule_against_the_seed_averaged_curve(tmp_path):
     from model import kmeans
     assert r["oracle"]["10"] == pytest.approx(np.mean([b3(labels, kmeans(x_n, 10, s, restarts=3))[2] for s in range(3)]))
     assert "(the default)" in p.stdout and "gap" in p.stdout
+    # typed data (an encoded directory with type_pair.npy): the default rule reads K from the type floor
+    typed = write_features(tmp_path / "typed", x)
+    np.save(typed / "labels.npy", labels.astype(np.int32))
+    tp = np.repeat(np.arange(15), 20).astype(np.int32)
+    tp[:1] = 15  # a 16th type pair of 1 instance (0.3 %): counted only by the last rule
+    np.save(typed / "type_pair.npy", tp)
+    (typed / "meta.json").write_text(json.dumps({"stage": "encode", "n_instances": 300, "fingerprint": "f",
+                                                 "model": "m", "markers": []}))
+    run("bench/k_probe.py", typed, "--out", out)
+    picks = json.loads(out.read_text())[str(typed)]["picks"]
+    default = picks["stability, std 5, from type pairs >= 0.5 % (the default)"]
+    assert default == estimate_k.estimate_k(x, type_pair=tp)[0] and default >= 15
+    assert estimate_k.type_floor(tp) == estimate_k.type_floor(tp, 0.01) == 15 and estimate_k.type_floor(tp, 0) == 16
+    assert picks["stability, std 5, from type pairs >= 1 %"] >= 15
+    assert picks["stability, std 5, from every type pair"] >= 16
