@@ -4,6 +4,7 @@
     python bench/quality.py --sets redocred --siamese-epochs 1 --cluster-epochs 1
     python bench/quality.py --data-dir DIR        # the files in DIR
     python bench/quality.py --sets redocred --precision bf16 --seed 1   # bf16 against fp32, seed by seed
+    python bench/quality.py --sets redocred --k-auto                    # also the head at K from --k auto
 
 It reads redocred_dev.json (sentence-level instances, TACRED JSON) and fewrel_val_wiki.json from
 --data-dir: by default ../shared/data where it is there, else data/real, where `python data/prepare.py
@@ -26,6 +27,8 @@ Then, for the frozen, Siamese and final (K = 10 run) features of the 20 %, K wit
 kind of features of the 80 % (as train_cluster.py --k auto estimates it), the gold number of relations,
 and k-means B3 F1 of the 20 % at each estimate, at K = 10, at the gold K and the best over the scanned
 range (an ORACLE that reads the labels, evaluation only), each the mean over 3 k-means seeds.
+--k-auto adds a third clustering run per set, train_cluster.py --k auto (K estimated without labels
+from the Siamese features of the 80 %), scored at that K like the other two.
 Same run, same split, same seed.  Every setting is fixed before the run: nothing here, and nothing
 in the pipeline, looks at the gold labels except evaluate.py.  Writes bench/out/quality.json and
 bench/out/quality.md, and prints the wall time of each stage.
@@ -110,7 +113,7 @@ def bench_set(name, args):
     run(["mine_neighbors.py", f"{out}/siamese"], times, "mine_neighbors")
     run(["predict.py", "--model", f"{out}/siamese", "--data", f"{out}/test", "--out", f"{out}/test_siamese", *pr],
         times, "predict")
-    for k in (10, n_gold):
+    for k in (10, n_gold) + (("auto",) if args.k_auto else ()):
         run(["train_cluster.py", "--data", f"{out}/train", "--init", f"{out}/siamese", "--out",
              f"{out}/cluster_k{k}", "--k", str(k), "--epochs", str(args.cluster_epochs), "--seed", str(args.seed),
              *pr], times, "train_cluster")
@@ -118,6 +121,9 @@ def bench_set(name, args):
              f"{out}/test_cluster_k{k}", *pr], times, "predict")
         rows = evaluate([f"{out}/test_cluster_k{k}", f"{out}/test_siamese", f"{out}/test"], k,
                         f"{out}/metrics_k{k}.json", times, lda_from=f"{out}/train")
+        if k == "auto":
+            with open(f"{out}/cluster_kauto/meta.json") as f:
+                k = f"auto ({json.load(f)['k']})"  # the K estimated
         table[k] = rows
     k_scan = evaluate([f"{out}/test_cluster_k10", f"{out}/test_siamese", f"{out}/test"], 10, f"{out}/metrics_kscan.json",
                       times, k_scan=True, lda_from=f"{out}/train")
@@ -176,6 +182,8 @@ def main():
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0, help="of the 80 / 20 split and of every stage")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="passed to every stage")
+    ap.add_argument("--k-auto", action="store_true",
+                    help="also train and score the head at K estimated without labels (train_cluster.py --k auto)")
     args = ap.parse_args()
     missing = [s for s in args.sets if not os.path.isfile(os.path.join(args.data_dir, SETS[s][0]))]
     if missing:

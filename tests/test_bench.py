@@ -51,3 +51,36 @@ def test_markdown_has_one_row_per_clustering_and_the_times():
     assert "| clustering head (the method) | 50.0 | 50.0 | 50.0 | 50.0 | 50.0 | 50.0 | 50.0 |" in md
     assert "| k-means, frozen encoder | 50.0 | 50.0 | 12.3 |" in md
     assert "Wall time per stage (s): encode 1.5" in md
+
+
+def test_k_auto_adds_a_run_at_the_estimated_k(tmp_path, monkeypatch):
+    """--k-auto: a third train_cluster.py run with --k auto, scored at the K it estimated (read from its
+    meta.json), beside K = 10 and the gold K; the stages are stubbed (no model)."""
+    src = tmp_path / "redocred_dev.json"
+    src.write_text(json.dumps([{"relation": "r", "token": ["a"]}] * 10))
+    calls = []
+
+    def run(cmd, times, label):
+        calls.append(cmd)
+        if cmd[0] == "train_cluster.py":
+            out = Path(cmd[cmd.index("--out") + 1])
+            out.mkdir(parents=True)
+            k = cmd[cmd.index("--k") + 1]
+            (out / "meta.json").write_text(json.dumps({"k": 20 if k == "auto" else int(k)}))
+        if cmd[0] == "encode.py":
+            Path(cmd[cmd.index("--out") + 1]).mkdir(parents=True, exist_ok=True)
+            (Path(cmd[cmd.index("--out") + 1]) / "meta.json").write_text(json.dumps({"pooling": "both"}))
+
+    def evaluate(dirs, k, out, times, k_scan=False, lda_from=None):
+        return [] if k_scan else [{"name": f"at {k}"}]
+
+    monkeypatch.setattr(quality, "run", run)
+    monkeypatch.setattr(quality, "evaluate", evaluate)
+    for k_auto, keys in ((False, [10, 91]), (True, [10, 91, "auto (20)"])):
+        args = SimpleNamespace(data_dir=str(tmp_path), out=str(tmp_path / f"out_{k_auto}"), seed=0, max_length=64,
+                               precision="fp32", siamese_epochs=2, cluster_epochs=1, k_auto=k_auto)
+        calls.clear()
+        r = quality.bench_set("redocred", args)
+        assert list(r["table"]) == keys and r["table"].get("auto (20)", [{"name": "at auto"}]) == [{"name": "at auto"}]
+        ks = [c[c.index("--k") + 1] for c in calls if c[0] == "train_cluster.py"]
+        assert ks == ["10", "91"] + (["auto"] if k_auto else [])
