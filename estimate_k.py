@@ -59,7 +59,7 @@ import torch
 from data import DataError
 from metrics import ari
 from model import kmeans
-from rundir import atomic_write, fail, load_meta, load_npy, save_json
+from rundir import atomic_write, data_dir, fail, load_npy, save_json
 
 CRITERIA = ("stability", "silhouette")
 K_MIN, K_MAX = 10, 100     # default range, as PromptORE's lower end: below 10 both criteria favour the few
@@ -191,8 +191,8 @@ def type_pairs_of(run):
     else the data directory its meta.json names), or None: no meta.json, or data without types."""
     if not os.path.exists(os.path.join(run, "meta.json")):
         return None
-    meta = load_meta(run)
-    path = os.path.join(run if meta["stage"] == "encode" else meta["data"], "type_pair.npy")
+    data, meta = data_dir(run)
+    path = os.path.join(data, "type_pair.npy")
     return np.asarray(load_npy(path, meta["n_instances"])) if os.path.exists(path) else None
 
 

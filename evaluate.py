@@ -45,15 +45,9 @@ from data import DataError
 from estimate_k import estimate_k, k_range, normalise, scan_ks, type_pairs_of
 from metrics import b3, score
 from model import kmeans, lda_map
-from rundir import Log, check_source, fail, load_meta, load_npy, save_json
+from rundir import Log, check_source, data_dir, fail, load_meta, load_npy, save_json
 
 ROW_NAMES = {"encode": "frozen encoder", "siamese": "Siamese features", "cluster": "final features"}
-
-
-def data_dir(d):
-    """The encoded data directory behind `d` (itself, for an encoded directory)."""
-    meta = load_meta(d)
-    return (d if meta["stage"] == "encode" else meta["data"]), meta
 
 
 def type_pairs_held_to(type_pair, k):

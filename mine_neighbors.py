@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from data import DataError
-from rundir import Log, check_source, fail, load_meta, load_npy, remove_temporaries, save_json, save_npy
+from rundir import Log, check_source, data_dir, fail, load_meta, load_npy, remove_temporaries, save_json, save_npy
 
 
 def mine(features, k, chunk=1024):
@@ -133,10 +133,9 @@ def main():
     ap.add_argument("--nprobe", type=int, default=16, help="--index ivf: cells searched per instance")
     args = ap.parse_args()
     log = Log("mine")
-    meta = load_meta(args.run)
+    data, meta = data_dir(args.run)
     feats = load_npy(os.path.join(args.run, "features.npy"), meta["n_instances"])
     log(f"read features {feats.shape} from {args.run}")
-    data = args.run if meta["stage"] == "encode" else meta["data"]
     labels = None
     if os.path.exists(os.path.join(data, "labels.npy")):  # for the diagnostic only
         if data != args.run:

@@ -135,6 +135,13 @@ def load_meta(d, stages=tuple(STAGES)):
     return meta
 
 
+def data_dir(d):
+    """(the encoded data directory behind run directory `d`, d's meta.json): d itself for encode.py's
+    directory, else the data directory its meta.json names."""
+    meta = load_meta(d)
+    return (d if meta["stage"] == "encode" else meta["data"]), meta
+
+
 def check_source(meta, source_meta, d):
     """Stop when directory `d` (its meta.json `meta`) was made from other data than its data directory
     holds now: the data was encoded again since, and `d` is out of date."""

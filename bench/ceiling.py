@@ -26,7 +26,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data import DataError  # noqa: E402
 from estimate_k import normalise  # noqa: E402
-from evaluate import data_dir, lda_features, seed_mean_b3  # noqa: E402
+from evaluate import lda_features, seed_mean_b3  # noqa: E402
+from rundir import data_dir  # noqa: E402
 from model import LDA_DIMS, LDA_SHRINK, lda_map  # noqa: E402
 from rundir import fail  # noqa: E402
 

@@ -29,7 +29,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from estimate_k import TYPE_SHARE, estimate_k, normalise, scan_ks, smooth, type_floor, type_pairs_of  # noqa: E402
-from evaluate import data_dir, seed_mean_b3  # noqa: E402
+from evaluate import seed_mean_b3  # noqa: E402
+from rundir import data_dir  # noqa: E402
 
 SCANS = {"silhouette": {"criterion": "silhouette"}, "stability": {}, "stability, all dimensions": {"dims": 0},
          "stability, 1 start, all dimensions": {"restarts": 1, "dims": 0}}
@@ -48,7 +49,7 @@ SEEDS = 3
 
 
 def labels_of(d):
-    """labels.npy beside features.npy, or else in the encoded data directory behind `d` (evaluate.data_dir)."""
+    """labels.npy beside features.npy, or else in the encoded data directory behind `d` (rundir.data_dir)."""
     here = os.path.join(d, "labels.npy")
     return np.load(here if os.path.exists(here) else os.path.join(data_dir(d)[0], "labels.npy"), allow_pickle=False)
 
