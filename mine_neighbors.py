@@ -34,20 +34,28 @@ from data import DataError
 from rundir import Log, check_source, data_dir, fail, load_meta, load_npy, remove_temporaries, save_json, save_npy
 
 
-def mine(features, k, chunk=1024):
-    """Exact top-k cosine neighbours of each row among the other rows: (indices int32, sims float32)."""
-    x = torch.nn.functional.normalize(torch.from_numpy(np.array(features, dtype=np.float32)), dim=1)
-    n = x.shape[0]
-    if not 1 <= k < n:
+def mine(features, k, chunk=1024, among=None):
+    """Exact top-k cosine neighbours of each row among the other rows: (indices int32, sims float32).
+    With `among` (float [M, D]), of each row among the rows of `among` instead, itself not left out:
+    predict.py's nearest training instances of a new instance, for the kNN vote (model.knn_vote)."""
+    def unit(a):
+        return torch.nn.functional.normalize(torch.from_numpy(np.array(a, dtype=np.float32)), dim=1)
+    x = unit(features)
+    base = x if among is None else unit(among)
+    n, m = x.shape[0], base.shape[0]
+    if among is None and not 1 <= k < n:
         raise DataError(f"neighbour mining: K = {k} needs at least K + 1 instances, there are {n}")
+    if among is not None and not 1 <= k <= m:
+        raise DataError(f"neighbour mining: K = {k} neighbours among {m} instances")
     if chunk < 1:
         raise DataError(f"neighbour mining: --chunk {chunk}: must be at least 1")
     idx = np.empty((n, k), np.int32)
     sims = np.empty((n, k), np.float32)
     for start in range(0, n, chunk):
-        s = x[start:start + chunk] @ x.T
-        rows = torch.arange(s.shape[0])
-        s[rows, rows + start] = -float("inf")  # not its own neighbour
+        s = x[start:start + chunk] @ base.T
+        if among is None:
+            rows = torch.arange(s.shape[0])
+            s[rows, rows + start] = -float("inf")  # not its own neighbour
         top = s.topk(k, dim=1)
         idx[start:start + chunk] = top.indices.numpy()
         sims[start:start + chunk] = top.values.numpy()

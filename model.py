@@ -21,7 +21,8 @@ The context map is a linear discriminant analysis (`lda_map`) of the pretrained 
 "classes" are relation-context groups: instances with the same words between their entities (data.py,
 `context_key`), not relations, so it reads no label.  It keeps the directions in which r varies most
 against its variation inside such groups, and scales down what only the entities' identity and topic
-move.  The collapse measure (`z_rank`) watches the Siamese stage; `kmeans` starts the cluster prototypes and
+move.  The kNN vote (`knn_vote`, not in the paper) smooths the head's probabilities over the neighbour graph.
+The collapse measure (`z_rank`) watches the Siamese stage; `kmeans` starts the cluster prototypes and
 makes the reference points of evaluate.py.  Everything else the stages need to train these modules
 (loading the pretrained encoder, batching, the optimiser, checkpoints, scale-out) is in training.py.
 """
@@ -167,6 +168,17 @@ def scan_loss(anchor_logits, neighbor_logits, entropy_weight):
     mean = pa.mean(0)
     entropy = -(mean * torch.log(mean.clamp_min(1e-8))).sum()
     return consistency - entropy_weight * entropy, consistency, entropy
+
+
+def knn_vote(probs, neighbor_probs):
+    """The kNN vote (not in the paper; README, "Choices"): an instance's cluster probabilities averaged
+    with those of its n neighbours, (p + sum_j p_j) / (n + 1), from probs [N, K] and neighbor_probs
+    [N, n, K].  SCAN's premise is that an instance and its mined neighbours share a cluster; the head, a
+    cosine classifier, draws its borders as planes, and the vote moves an instance across one where most
+    of its neighbours lie on the other side.  train_cluster.py applies it --vote-steps times over the
+    training instances' neighbours; predict.py once more, for a new instance over its nearest training
+    instances."""
+    return (probs + neighbor_probs.sum(1)) / (neighbor_probs.shape[1] + 1)
 
 
 def z_rank(z):

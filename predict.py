@@ -8,10 +8,15 @@ stage's directory: the clustering stage's (features, cluster probabilities and c
 stage's (features only).  The data must have been encoded with the same marker vocabulary, i.e. with
 encode.py --tokenizer-from the training data's directory.
 
+With a clustering model trained with the kNN vote (train_cluster.py --vote-steps, the default), each new
+instance's probabilities are the head's averaged with those of its nearest training instances, as many
+as the training stage's neighbours, as train_cluster.py wrote them (its features.npy and probs.npy):
+one more step of the vote (model.knn_vote), the new instance joining the training instances' graph.
+
 Writes into --out:
     features.npy   float32 [N, D]    eval-mode r (model.RelationEncoder; --precision bf16: computed under bf16
                                      autocast, written in float32)
-    probs.npy      float32 [N, K]    with a clustering head: cluster probabilities
+    probs.npy      float32 [N, K]    with a clustering head: cluster probabilities (after the vote)
     pred.npy       int32   [N]       with a clustering head: argmax cluster
     meta.json      the model and data it came from, and their fingerprints; written last
 """
@@ -21,7 +26,10 @@ import os
 import numpy as np
 
 from data import DataError
-from rundir import Log, begin_stage, check_source, fail, fingerprint, load_encoded, load_meta, save_json, save_npy
+from mine_neighbors import mine
+from model import knn_vote
+from rundir import (Log, begin_stage, check_source, fail, fingerprint, load_encoded, load_meta, load_npy, save_json,
+                    save_npy)
 from training import InPrecision, add_precision, check_precision, device, length_batches, load_model, represent
 
 
@@ -57,6 +65,15 @@ def main():
     begin_stage(args.out, stale=("probs.npy", "pred.npy"))  # a Siamese model writes neither
     feats, probs = represent(InPrecision(model.encoder, args.precision), arrays, log.progress(batches, "features"),
                              model.cluster_head)
+    vote = trained.get("vote", {}) if probs is not None else {}
+    if vote.get("steps"):
+        n_train = trained["n_instances"]
+        train_feats = load_npy(os.path.join(args.model, "features.npy"), n_train)
+        train_probs = load_npy(os.path.join(args.model, "probs.npy"), n_train)
+        nearest, _ = mine(feats, min(vote["neighbors"], n_train), among=train_feats)
+        probs = knn_vote(probs, np.asarray(train_probs)[nearest])
+        log(f"kNN vote: each instance's probabilities averaged with those of its {nearest.shape[1]} nearest "
+            f"training instances ({args.model}/probs.npy)")
     save_npy(os.path.join(args.out, "features.npy"), feats)
     wrote = [f"features.npy {feats.shape}"]
     if probs is not None:

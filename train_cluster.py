@@ -13,15 +13,17 @@ so an instance and its neighbours get the same confident prediction while the en
 prediction keeps the K clusters in use; the Siamese loss keeps shaping the encoder meanwhile (its top
 --train-layers layers, as in train_siamese.py).
 Every --remine-every epochs the neighbours are mined again from the current features, with the
-function mine_neighbors.mine, so they improve as the features do.  Last (refit_head, not in the paper),
+function mine_neighbors.mine, so they improve as the features do.  Then (refit_head, not in the paper),
 the head is fitted to the encoder it ends with: the encoder fixed, the prototypes restarted at the
 k-means centroids of its final features and trained with the SCAN loss alone on their neighbours for
---refit-epochs epochs, since prototypes trained while the features moved end behind them.
+--refit-epochs epochs, since prototypes trained while the features moved end behind them.  Last (not
+in the paper), the head's probabilities are smoothed over those neighbours by the kNN vote
+(model.knn_vote) --vote-steps times: each instance's probabilities averaged with its neighbours'.
 
 Writes into --out:
     model.pt        encoder + Siamese heads + clustering head
     features.npy    float32 [N, D]   eval-mode r after training
-    probs.npy       float32 [N, K]   cluster probabilities (of the refitted head)
+    probs.npy       float32 [N, K]   cluster probabilities (of the refitted head, after the vote)
     pred.npy        int32   [N]      argmax cluster of each instance
     checkpoint.pt   after each epoch (--resume goes on from it)
     meta.json       arguments, per-epoch losses and seconds, cluster sizes, timing; written last
@@ -40,21 +42,20 @@ import torch
 from data import DataError
 from estimate_k import estimate_k, record, type_pairs_of
 from mine_neighbors import mine
-from model import URE, scan_loss, train_top
+from model import URE, knn_vote, scan_loss, train_top
 from rundir import check_source, fail, fingerprint, load_encoded, load_json, load_meta, load_npy, save_json, save_npy
 from training import (InPrecision, arguments, begin_training, context_groups, device, distributed, encode_views,
                       epochs, gather, load_model, optimizer_and_resume, partners, positive_views, represent_all,
                       save_checkpoint, save_model, second_views, shard, step)
 
 
-def refit_head(head, feats, n_neighbors, args):
-    """The last step: the cluster head fitted to the encoder it ends with.  During the joint epochs the
-    prototypes chase features that keep moving, and they end behind them (README, "Choices").  So the
-    encoder is now fixed: its eval-mode features are computed once, their neighbours mined (as many as
-    the Siamese stage's), the prototypes restarted at their k-means centroids, and only the head trained
-    with the SCAN loss for --refit-epochs epochs of random batches.  Returns the k-means cluster sizes."""
+def refit_head(head, feats, neighbors, args):
+    """The head fitted to the encoder it ends with.  During the joint epochs the prototypes chase
+    features that keep moving, and they end behind them (README, "Choices").  So the encoder is now
+    fixed: its eval-mode features are computed once, their neighbours mined (as many as the Siamese
+    stage's), the prototypes restarted at their k-means centroids, and only the head trained with the
+    SCAN loss for --refit-epochs epochs of random batches.  Returns the k-means cluster sizes."""
     x = torch.from_numpy(feats).to(device())
-    neighbors, _ = mine(feats, n_neighbors)
     sizes = np.bincount(head.init_from(feats, args.seed).numpy(), minlength=head.out_features)
     opt = torch.optim.Adam(head.parameters(), lr=args.head_lr)
     rng = np.random.default_rng([args.seed, args.epochs])
@@ -82,7 +83,12 @@ def main():
     ap.add_argument("--refit-epochs", type=int, default=10,
                     help="epochs of the last step, the head alone fitted to the final features (refit_head; 0: none, "
                          "the head as the joint epochs leave it)")
+    ap.add_argument("--vote-steps", type=int, default=2,
+                    help="steps of the kNN vote over the final features' neighbours (model.knn_vote; 0: the head's "
+                         "own probabilities)")
     args = ap.parse_args()
+    if args.vote_steps < 0:
+        raise DataError(f"--vote-steps {args.vote_steps}: must be 0 or more")
     rank, world, log, settings = begin_training("cluster", args)
 
     arrays, data_meta = load_encoded(args.data)
@@ -166,15 +172,24 @@ def main():
     feats, _ = represent_all(forward, arrays, lambda b: log.progress(b, "features"), rank, world)
     if rank > 0:
         return
+    final_neighbors = None
+    if args.refit_epochs or args.vote_steps:
+        final_neighbors, _ = mine(feats, neighbors.shape[1])  # as many as the Siamese stage's
     if args.refit_epochs:
         t0 = time.time()
-        sizes = refit_head(model.cluster_head, feats, neighbors.shape[1], args)
+        sizes = refit_head(model.cluster_head, feats, final_neighbors, args)
         log(f"head refitted to the final features: prototypes restarted at their k-means centroids (sizes "
             f"{sorted(sizes.tolist(), reverse=True)}), {args.refit_epochs} epochs of the SCAN loss alone on "
             f"neighbours mined from them ({time.time() - t0:.1f} s)")
     with torch.no_grad():
         probs = model.cluster_head(torch.from_numpy(feats).to(device())).softmax(-1).cpu().numpy()
+    head_pred = probs.argmax(1)
+    for _ in range(args.vote_steps):
+        probs = knn_vote(probs, probs[final_neighbors])
     pred = probs.argmax(1).astype(np.int32)
+    if args.vote_steps:
+        log(f"kNN vote, {args.vote_steps} steps over the {final_neighbors.shape[1]} neighbours of the final features: "
+            f"{int((pred != head_pred).sum())} of {n} instances change cluster")
     sizes = np.bincount(pred, minlength=args.k)
     save_model(os.path.join(args.out, "model.pt"), model, {**config, "k": args.k})
     save_npy(os.path.join(args.out, "features.npy"), feats)
@@ -185,7 +200,8 @@ def main():
               {"stage": "cluster", "data": os.path.abspath(args.data), "data_fingerprint": data_meta["fingerprint"],
                "init": os.path.abspath(args.init), "n_instances": n, "settings": settings, "history": history,
                "cluster_sizes": sizes.tolist(), "fingerprint": run_id, "seconds": round(log.elapsed(), 1),
-               "k": args.k, **({"k_estimate": k_estimate} if k_estimate else {})})
+               "k": args.k, "vote": {"steps": args.vote_steps, "neighbors": neighbors.shape[1]},
+               **({"k_estimate": k_estimate} if k_estimate else {})})
     log.done(f"model.pt, features.npy {feats.shape}, probs.npy, pred.npy, checkpoint.pt and meta.json to {args.out}")
 
 

@@ -65,6 +65,24 @@ def test_mine_duplicates_are_neighbours_but_not_self():
     assert not (idx == np.arange(50)[:, None]).any()
 
 
+def test_mine_among_other_rows_equals_brute_force(features):
+    """With `among`, each row's neighbours among another set of rows (predict.py's nearest training
+    instances), nearest first, by cosine; a row equal to one of them finds it first."""
+    base = np.random.default_rng(4).normal(size=(120, 16)).astype(np.float32)
+    base[7] = 2.5 * features[0]
+    idx, sims = mine(features, 6, chunk=37, among=base)
+    x = features / np.linalg.norm(features, axis=1, keepdims=True)
+    y = base / np.linalg.norm(base, axis=1, keepdims=True)
+    s = x.astype(np.float64) @ y.T.astype(np.float64)
+    ref = np.argsort(-s, axis=1, kind="stable")[:, :6]
+    assert idx.shape == (300, 6) and idx.dtype == np.int32 and sims.dtype == np.float32
+    assert np.array_equal(idx, ref) and np.allclose(sims, np.take_along_axis(s, ref, 1), atol=1e-5)
+    assert idx[0, 0] == 7 and np.isclose(sims[0, 0], 1.0, atol=1e-5)
+    assert mine(base, 120, among=base)[0].shape == (120, 120)  # all of them, itself included
+    with pytest.raises(DataError, match="K = 121 neighbours among 120 instances"):
+        mine(features, 121, among=base)
+
+
 def test_mine_k_all_others():
     x = np.random.default_rng(3).normal(size=(6, 4))
     idx, sims = mine(x, 5, chunk=4)

@@ -265,6 +265,27 @@ def test_scan_consistency_rewards_agreeing_neighbours():
     assert torch.isfinite(M.scan_loss(torch.tensor([[100.0, -100.0]]), torch.tensor([[-100.0, 100.0]]), 1.0)[0])
 
 
+def test_knn_vote_is_the_mean_over_the_instance_and_its_neighbours():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(5), size=40).astype(np.float32)
+    nb = rng.integers(40, size=(40, 6))
+    voted = M.knn_vote(probs, probs[nb])
+    for i in range(40):  # brute force, one instance at a time
+        expected = (probs[i] + sum(probs[j] for j in nb[i])) / 7
+        np.testing.assert_allclose(voted[i], expected, rtol=1e-5)
+    assert voted.dtype == np.float32 and np.allclose(voted.sum(1), 1, atol=1e-5)
+
+
+def test_knn_vote_moves_an_instance_to_its_neighbours_cluster():
+    """An instance the head puts in cluster 0 whose neighbours are all confidently in cluster 1 moves to 1;
+    one whose neighbours agree with it stays, and a confident instance outvotes a single dissenter."""
+    probs = np.array([[0.6, 0.4], [0.05, 0.95], [0.1, 0.9], [0.9, 0.1], [0.8, 0.2], [0.45, 0.55]], np.float32)
+    nb = np.array([[1, 2], [2, 0], [1, 0], [4, 0], [3, 5], [3, 4]])
+    pred = M.knn_vote(probs, probs[nb]).argmax(1)
+    assert pred.tolist() == [1, 1, 1, 0, 0, 0]
+    assert (M.knn_vote(probs, probs[nb[:, :0]]) == probs).all()  # no neighbours: the head's own
+
+
 # ---- collapse measure --------------------------------------------------------------------------
 
 def test_z_rank_tells_collapsed_from_healthy_projections():

@@ -419,6 +419,30 @@ def test_train_cluster_outputs(pipe):
     assert "re-mined" in pipe.logs["cluster"].stdout  # with 2 epochs the neighbours are mined again
 
 
+def head_probs(run_dir, feats):
+    """The clustering head of run_dir/model.pt applied to features: its own probabilities, before any vote."""
+    m, _ = training.load_model(str(Path(run_dir) / "model.pt"))
+    with torch.no_grad():
+        return m.cluster_head(torch.from_numpy(np.asarray(feats))).softmax(-1).numpy()
+
+
+def test_train_cluster_probs_are_the_heads_after_the_knn_vote(pipe):
+    """probs.npy is the refitted head's probabilities smoothed twice (--vote-steps 2, the default) over the
+    MINE_K nearest neighbours of the final features, each step the mean over an instance and its
+    neighbours, computed here by brute force."""
+    f, probs = load(pipe.cluster, "features.npy"), load(pipe.cluster, "probs.npy")
+    assert read_json(pipe.cluster / "meta.json")["vote"] == {"steps": 2, "neighbors": MINE_K}
+    cos = f @ f.T
+    np.fill_diagonal(cos, -np.inf)
+    nb = np.argsort(-cos, axis=1, kind="stable")[:, :MINE_K]
+    p = head_probs(pipe.cluster, f)
+    before = p.argmax(1)
+    for _ in range(2):
+        p = np.stack([(p[i] + p[nb[i]].sum(0)) / (MINE_K + 1) for i in range(len(p))])
+    np.testing.assert_allclose(probs, p, atol=1e-5)
+    assert f"{int((probs.argmax(1) != before).sum())} of {len(f)} instances change cluster" in pipe.logs["cluster"].stdout
+
+
 def test_training_leaves_embeddings_alone(pipe):
     """--train-layers 2 (the default) trains both layers of the tiny encoder, but not its embeddings."""
     siamese = torch.load(pipe.siamese / "model.pt", weights_only=True)["state"]
@@ -515,12 +539,33 @@ def test_predict_on_test(pipe):
 
 
 def test_predict_on_training_data_reproduces_training_outputs(pipe, tmp_path):
-    """model.pt, rebuilt offline by predict.py, is the model that wrote the training stage's outputs."""
+    """model.pt, rebuilt offline by predict.py, is the model that wrote the training stage's outputs; and a
+    new instance's probabilities are one more step of the kNN vote: the head's own averaged with those of
+    its MINE_K nearest training instances in the training stage's probs.npy (brute force here; an
+    instance of the training data finds itself first)."""
     out = tmp_path / "again"
     run("predict.py", "--model", pipe.cluster, "--data", pipe.train, "--out", out)
-    np.testing.assert_allclose(load(out, "features.npy"), load(pipe.cluster, "features.npy"), atol=1e-5)
-    np.testing.assert_allclose(load(out, "probs.npy"), load(pipe.cluster, "probs.npy"), atol=1e-5)
-    assert (load(out, "pred.npy") == load(pipe.cluster, "pred.npy")).mean() > 0.95
+    f, train_probs = load(pipe.cluster, "features.npy"), load(pipe.cluster, "probs.npy")
+    np.testing.assert_allclose(load(out, "features.npy"), f, atol=1e-5)
+    nearest = np.argsort(-(f @ f.T), axis=1, kind="stable")[:, :MINE_K]
+    assert (nearest[:, 0] == np.arange(len(f))).mean() > 0.95
+    expected = (head_probs(pipe.cluster, f) + train_probs[nearest].sum(1)) / (MINE_K + 1)
+    np.testing.assert_allclose(load(out, "probs.npy"), expected, atol=1e-5)
+    assert (load(out, "pred.npy") == load(pipe.cluster, "pred.npy")).mean() > 0.9
+
+
+def test_predict_without_the_vote_gives_the_heads_own_probabilities(pipe, tmp_path):
+    """--vote-steps 0: probs.npy of both stages is the head's own softmax, and predict.py adds no vote."""
+    cluster, again = tmp_path / "cluster", tmp_path / "again"
+    run("train_cluster.py", "--data", pipe.train, "--init", pipe.siamese, "--out", cluster, *CLUSTER,
+        "--vote-steps", "0")
+    f = load(cluster, "features.npy")
+    np.testing.assert_allclose(load(cluster, "probs.npy"), head_probs(cluster, f), atol=1e-5)
+    assert read_json(cluster / "meta.json")["vote"]["steps"] == 0
+    run("predict.py", "--model", cluster, "--data", pipe.test, "--out", again)
+    np.testing.assert_allclose(load(again, "probs.npy"), head_probs(cluster, load(again, "features.npy")), atol=1e-5)
+    assert run("train_cluster.py", "--data", pipe.train, "--init", pipe.siamese, "--out", tmp_path / "bad",
+               *CLUSTER, "--vote-steps", "-1", ok=False).returncode != 0
 
 
 def test_predict_refuses_other_marker_vocabulary(pipe, tmp_path):
