@@ -338,7 +338,7 @@ def test_refit_head_recovers_blobs_from_stale_prototypes():
         head = M.ClusterHead(24, 4)
         with torch.no_grad():
             before = M.scan_loss(head(x), head(x[nb]), 2.0)[0].item()
-        sizes = train_cluster.refit_head(head, feats, 5, args)
+        sizes = train_cluster.refit_head(head, feats, mine(feats, 5)[0], args)
         with torch.no_grad():
             after = M.scan_loss(head(x), head(x[nb]), 2.0)[0].item()
             pred = head(x).argmax(1).numpy()
