@@ -70,7 +70,7 @@ def main():
         n_train = trained["n_instances"]
         train_feats = load_npy(os.path.join(args.model, "features.npy"), n_train)
         train_probs = load_npy(os.path.join(args.model, "probs.npy"), n_train)
-        nearest, _ = mine(feats, min(vote["neighbors"], n_train), among=train_feats)
+        nearest, _ = mine(feats, vote["neighbors"], among=train_feats)  # fewer than n_train, as mined there
         probs = knn_vote(probs, np.asarray(train_probs)[nearest])
         log(f"kNN vote: each instance's probabilities averaged with those of its {nearest.shape[1]} nearest "
             f"training instances ({args.model}/probs.npy)")

@@ -52,9 +52,10 @@ from training import (InPrecision, arguments, begin_training, context_groups, de
 def refit_head(head, feats, neighbors, args):
     """The head fitted to the encoder it ends with.  During the joint epochs the prototypes chase
     features that keep moving, and they end behind them (README, "Choices").  So the encoder is now
-    fixed: its eval-mode features are computed once, their neighbours mined (as many as the Siamese
-    stage's), the prototypes restarted at their k-means centroids, and only the head trained with the
-    SCAN loss for --refit-epochs epochs of random batches.  Returns the k-means cluster sizes."""
+    fixed: its eval-mode features are computed once and their `neighbors` mined by the caller (as many
+    as the Siamese stage's; the kNN vote uses them too), the prototypes restarted at their k-means
+    centroids, and only the head trained with the SCAN loss for --refit-epochs epochs of random batches.
+    Returns the k-means cluster sizes."""
     x = torch.from_numpy(feats).to(device())
     sizes = np.bincount(head.init_from(feats, args.seed).numpy(), minlength=head.out_features)
     opt = torch.optim.Adam(head.parameters(), lr=args.head_lr)
