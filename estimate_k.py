@@ -8,38 +8,52 @@ Reads RUN/features.npy (written by encode.py --features, train_siamese.py, train
 predict.py) and, where the run's encoded data has entity types, its type_pair.npy: no label is read.
 For each K of the range it scores the L2-normalised features with a criterion that needs no labels,
 smooths the curve of scores over K with a Gaussian kernel and takes the K where the smoothed curve is
-highest.  Two criteria:
+highest.  Three criteria:
 
-  - stability (the default; Ben-Hur, Elisseeff & Guyon 2002, Lange et al. 2004): draw two random 80 %
-    subsamples, cluster each with k-means (model.kmeans, other seeds) on the features' top --dims (64)
-    principal coordinates, and compare the two clusterings on the instances they share with the
-    adjusted Rand index (metrics.ari); the mean over --pairs (3) pairs of subsamples.  A K that matches
-    the structure of the data is found again from other instances and other starts; a K that cuts a
-    group in two, or merges two, is not;
+  - modularity (the default; Newman & Girvan 2004): link each instance to its NEIGHBORS (10) nearest
+    instances by cosine (the symmetric graph `knn_graph`), cluster the features with k-means
+    (model.kmeans, two seeds) on their top --dims (64) principal coordinates, and score how many of the
+    graph's edges the K clusters keep inside, against what clusters of the same total degree would keep
+    at random (`modularity`).  Too few clusters keep every edge but are large, so chance keeps many too;
+    too many cut groups of mutual neighbours.  It is SCAN's premise, that an instance and its nearest
+    neighbours share a relation, read as a criterion for K;
+  - stability (Ben-Hur, Elisseeff & Guyon 2002, Lange et al. 2004; the default before): draw two random
+    80 % subsamples, cluster each with k-means (other seeds) on the top --dims principal coordinates,
+    and compare the two clusterings on the instances they share with the adjusted Rand index
+    (metrics.ari); the mean over --pairs (3) pairs of subsamples.  A K that matches the structure of the
+    data is found again from other instances and other starts; a K that cuts a group in two, or merges
+    two, is not;
   - silhouette (PromptORE's, alteca/PromptORE): the mean silhouette on cosine distance (Rousseeuw
     1987) of one k-means clustering of the features.
 
-The default range is 10..100, PromptORE's lower end: on typed data both criteria favour the handful of
+On the training parts of the shared sets (18 feature sets: frozen, Siamese and final features of
+FewRel, Re-DocRED and FewRel with its entities hidden), the K that modularity picks is 1.0 B3 F1 points
+from the best K of the range on average and 2.8 at most, against 1.7 and 5.9 for stability (README, "How
+many relations?"; NOTES.md, "Twenty-first session").
+
+The default range is 10..100, PromptORE's lower end: on typed data the criteria favour the handful of
 type-pair groups below 10 (Re-DocRED's training part: K = 2-4, where k-means scores B3 F1 16-23
 against 41 at best), which is no estimate of the number of relations; --k-min 2 scans from 2.  On
 typed data the scan starts no lower than the number of (head type, tail type) pairs that hold at least
 TYPE_SHARE (0.5 %) of the instances (type_floor, the type floor): features that carry the types keep
-each such pair apart, so fewer clusters merge whole type pairs, and the stability curve, which falls
-from the range's lower end on these features, picks such a K (Re-DocRED: 20 type pairs, the best K of
-its training parts 15-29).  See the README, "How many relations?", for why this criterion and these
+each such pair apart, so fewer clusters merge whole type pairs, and the curves, which fall from the
+range's lower end on these features, pick such a K (Re-DocRED: 20 type pairs, the best K of its
+training parts 15-31).  See the README, "How many relations?", for why this criterion and these
 settings, measured on the training parts of the shared sets only.
 
 Cost: where N is above --sample (2,500), the scan works on a random subsample of that many instances;
 K is scanned one by one up to 30, then every second K up to 60 and every fifth beyond (scan_ks;
---every-k scans them all).  Each k-means has --restarts (2) starts.  Stability runs 2 x --pairs (6)
-k-means per K, on 80 % of the subsample and its 64 top principal coordinates (about 10 times faster than
-on all 1,536 dimensions, with estimates as close to the best on the training parts); the silhouette one
-k-means on all dimensions and two matrix products over the subsample's [m, m] cosine distances.
+--every-k scans them all).  Each k-means has --restarts (2) starts.  Modularity runs 2 k-means per K on
+the subsample's 64 top principal coordinates and one product of its [m, m] cosine similarities for the
+graph; stability 2 x --pairs (6) k-means per K on 80 % of the subsample (on 64 coordinates about 10
+times faster than on all 1,536 dimensions, with estimates as close to the best on the training parts);
+the silhouette one k-means on all dimensions and two matrix products over the [m, m] cosine distances.
 
 Edge cases, said on the console and in k.json:
   - the scan runs over max(--k-min, 2, the type floor) .. min(--k-max, M - 1), M the number of
-    instances each clustering sees (N for the silhouette, 80 % of N for stability), said when clipped
-    or raised; data with too few instances for any K of the range has no estimate (an error that says so);
+    instances each clustering sees (N for modularity and the silhouette, 80 % of N for stability), said
+    when clipped or raised; data with too few instances for any K of the range has no estimate (an
+    error that says so);
   - data that is one cluster still gets K >= 2, since K = 1 cannot be scored; when the silhouette of
     the clustering at the estimate is below WEAK (0.05) the message and k.json (`weak: true`) say
     that the features show no clear cluster structure, and that the estimate is then little more than
@@ -61,15 +75,17 @@ from metrics import ari
 from model import kmeans
 from rundir import atomic_write, data_dir, fail, load_npy, save_json
 
-CRITERIA = ("stability", "silhouette")
-K_MIN, K_MAX = 10, 100     # default range, as PromptORE's lower end: below 10 both criteria favour the few
+CRITERIA = ("modularity", "stability", "silhouette")
+K_MIN, K_MAX = 10, 100     # default range, as PromptORE's lower end: below 10 the criteria favour the few
                            # type-pair groups of typed data (README, "How many relations?")
 SAMPLE = 2500              # instances clustered and scored per K where N is larger
 PAIRS = 3                  # stability: pairs of subsamples per K
 FRACTION = 0.8             # stability: the share of the instances in each subsample
 RESTARTS = 2               # k-means restarts per clustering in the scan (model.kmeans; evaluation uses 10)
-DIMS = 64                  # stability: k-means on the top 64 principal coordinates of the features (0: all)
-BANDWIDTH = {"stability": 5.0, "silhouette": 3.0}  # std of the Gaussian kernel that smooths the curve, in K
+DIMS = 64                  # modularity and stability: k-means on the top 64 principal coordinates (0: all)
+NEIGHBORS = 10             # modularity: each instance's nearest neighbours in the graph
+BANDWIDTH = {"modularity": 3.0, "stability": 5.0, "silhouette": 3.0}  # std of the Gaussian kernel that
+                                                                       # smooths the curve, in K
 WEAK = 0.05                # silhouette at the estimate below this: no clear cluster structure
 TYPE_SHARE = 0.005         # a type pair with at least this share of the instances counts for the type floor
                            # (chosen on the training parts, README "How many relations?")
@@ -114,6 +130,47 @@ def principal(x, dims):
     return (xt @ vecs[:, -dims:]).float().numpy()
 
 
+def knn_graph(sim, n_neighbors=NEIGHBORS):
+    """The symmetric nearest-neighbour graph of m instances from their [m, m] cosine similarities `sim`
+    (torch): A[i, j] = 1 where j is among the `n_neighbors` nearest of i, or i among those of j (at most
+    m - 1 neighbours each).  float32 [m, m], zero diagonal."""
+    m = sim.shape[0]
+    s = sim.clone()
+    s.fill_diagonal_(-float("inf"))
+    nearest = s.topk(min(n_neighbors, m - 1), dim=1).indices
+    a = torch.zeros(m, m)
+    a[torch.arange(m)[:, None], nearest] = 1
+    return torch.maximum(a, a.T)
+
+
+def modularity(a, assign):
+    """Newman's modularity Q of the clustering `assign` (int [m]) of graph `a` (float [m, m], symmetric):
+    the share of the edges that lie inside clusters, less the share a random graph with the same degrees
+    would put there, Q = sum_c (e_c / E - (d_c / 2E)^2), e_c the edges inside cluster c, d_c the sum of
+    its degrees, E all edges (Newman & Girvan 2004).  0 for one cluster, about 0 for a random cut; it
+    grows as the clusters keep the neighbours together, and falls when a group of mutual neighbours is
+    cut."""
+    c = torch.as_tensor(np.asarray(assign), dtype=torch.long)
+    onehot = torch.zeros(len(c), int(c.max()) + 1)
+    onehot[torch.arange(len(c)), c] = 1
+    degree = a.sum(1)
+    total = degree.sum()  # 2E
+    inside = ((onehot.T @ a) * onehot.T).sum(1) / total  # e_c / E: both ends of an inside edge counted
+    share = (onehot.T @ degree) / total
+    return float((inside - share * share).sum())
+
+
+def modularity_scan(x, sim, ks, seed=0, restarts=RESTARTS, dims=DIMS, n_neighbors=NEIGHBORS):
+    """For each K of `ks`: the mean modularity, on the `n_neighbors`-nearest-neighbour graph of the rows
+    of `x` (knn_graph of their cosine similarities `sim`), of two k-means clusterings (seeds `seed` and
+    `seed` + 1, `restarts` starts each) on the rows' top `dims` principal coordinates (`principal`).  The
+    mined neighbours are what the method's clustering stage groups together (SCAN's premise); a K that
+    keeps most of them inside clusters, and not only because the clusters are few and large, scores high."""
+    a = knn_graph(sim, n_neighbors)
+    p = principal(x, dims)
+    return [float(np.mean([modularity(a, kmeans(p, k, seed + s, restarts)) for s in range(2)])) for k in ks]
+
+
 def stability(x, ks, pairs=PAIRS, seed=0, restarts=RESTARTS, dims=DIMS):
     """For each K of `ks`: the mean, over `pairs` pairs of random subsamples of `x` (each FRACTION of
     the rows), of the adjusted Rand index between k-means on the one and k-means on the other
@@ -153,11 +210,11 @@ def scan_ks(lo, hi, every=False):
             if every or k == lo or k <= 30 or (k <= 60 and k % 2 == 0) or (k > 60 and k % 5 == 0)]
 
 
-def k_range(n, k_min=K_MIN, k_max=K_MAX, criterion="stability", sample=SAMPLE):
+def k_range(n, k_min=K_MIN, k_max=K_MAX, criterion="modularity", sample=SAMPLE):
     """The K that can be scored for N instances: max(k_min, 2) .. min(k_max, M - 1), M the instances
-    that each clustering sees (the silhouette: N, or the subsample where N > sample; stability: FRACTION
-    of that), and a note when the range had to be clipped (None if not).  Raises DataError when nothing
-    is left."""
+    that each clustering sees (modularity and the silhouette: N, or the subsample where N > sample;
+    stability: FRACTION of that), and a note when the range had to be clipped (None if not).  Raises
+    DataError when nothing is left."""
     m = min(n, sample)
     if criterion == "stability":
         m = int(FRACTION * m)
@@ -196,13 +253,13 @@ def type_pairs_of(run):
     return np.asarray(load_npy(path, meta["n_instances"])) if os.path.exists(path) else None
 
 
-def estimate_k(features, k_min=K_MIN, k_max=K_MAX, seed=0, criterion="stability", sample=SAMPLE, pairs=PAIRS,
+def estimate_k(features, k_min=K_MIN, k_max=K_MAX, seed=0, criterion="modularity", sample=SAMPLE, pairs=PAIRS,
                restarts=RESTARTS, bandwidth=None, log=None, every=False, dims=DIMS, type_pair=None):
     """Label-free estimate of K from `features` [N, D].  Returns (k, curve): the K where the smoothed
-    curve of the criterion ("stability" or "silhouette") is highest, and a dict with the scanned "k",
-    the "score" of each, its "smoothed" curve (bandwidth: BANDWIDTH[criterion] unless given), and "n",
-    "sample", "note" (a clipped or raised range), "type_floor", "silhouette_at_k" (of one k-means at the
-    estimate, --restarts starts) and "weak" (that silhouette below WEAK).  `type_pair` (a type-pair id
+    curve of the criterion ("modularity", "stability" or "silhouette") is highest, and a dict with the
+    scanned "k", the "score" of each, its "smoothed" curve (bandwidth: BANDWIDTH[criterion] unless
+    given), and "n", "sample", "note" (a clipped or raised range), "type_floor", "silhouette_at_k" (of one
+    k-means at the estimate, --restarts starts) and "weak" (that silhouette below WEAK).  `type_pair` (a type-pair id
     per instance, or None): the scan starts no lower than type_floor(type_pair)."""
     if criterion not in CRITERIA:
         raise DataError(f"estimate K: criterion {criterion!r}: must be one of {', '.join(CRITERIA)}")
@@ -228,6 +285,8 @@ def estimate_k(features, k_min=K_MIN, k_max=K_MAX, seed=0, criterion="stability"
     ks = scan_ks(lo, hi, every)
     if criterion == "stability":
         scores = stability(x, ks, pairs, seed, restarts, dims)
+    elif criterion == "modularity":
+        scores = modularity_scan(x, sim, ks, seed, restarts, dims)
     else:
         scores = [silhouette(sim, kmeans(x, k, seed, restarts=restarts), k) for k in ks]
     smoothed = smooth(ks, scores, bandwidth)
@@ -238,11 +297,12 @@ def estimate_k(features, k_min=K_MIN, k_max=K_MAX, seed=0, criterion="stability"
     curve = {"k": ks, "score": [round(float(s), 5) for s in scores], "smoothed": [round(float(s), 5) for s in smoothed],
              "n": n, "sample": int(x.shape[0]), "note": note, "type_floor": floor, "silhouette_at_k": round(at_k, 5),
              "weak": bool(at_k < WEAK), "criterion": criterion, "bandwidth": bandwidth, "restarts": restarts,
-             "pairs": pairs if criterion == "stability" else None, "dims": dims if criterion == "stability" else None}
+             "pairs": pairs if criterion == "stability" else None, "dims": dims if criterion != "silhouette" else None}
     return k, curve
 
 
 CRITERION_NAMES = {
+    "modularity": "modularity: of k-means on the 10-nearest-neighbour graph, Gaussian-smoothed over K, maximum",
     "stability": "stability: mean ARI of k-means on pairs of random 80 % subsamples, Gaussian-smoothed over K, maximum",
     "silhouette": "silhouette (cosine distance) of k-means, Gaussian-smoothed over K, maximum"}
 
@@ -257,7 +317,8 @@ def record(k, curve, **extra):
             "curve": {key: curve[key] for key in ("k", "score", "smoothed")}}
 
 
-LABELS = {"stability": "stability (mean ARI of subsamples)", "silhouette": "mean silhouette (cosine)"}
+LABELS = {"modularity": "modularity (10-nearest-neighbour graph)", "stability": "stability (mean ARI of subsamples)",
+          "silhouette": "mean silhouette (cosine)"}
 
 
 def plot(path, k, curve):
@@ -280,17 +341,20 @@ def plot(path, k, curve):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", help="directory holding features.npy")
-    ap.add_argument("--criterion", choices=CRITERIA, default="stability",
-                    help="stability of k-means across subsamples (default) or the silhouette (PromptORE's)")
+    ap.add_argument("--criterion", choices=CRITERIA, default="modularity",
+                    help="modularity of k-means on the nearest-neighbour graph (default), stability of k-means "
+                         "across subsamples, or the silhouette (PromptORE's)")
     ap.add_argument("--k-min", type=int, default=K_MIN)
     ap.add_argument("--k-max", type=int, default=K_MAX)
     ap.add_argument("--sample", type=int, default=SAMPLE, help="instances scanned where N is larger")
     ap.add_argument("--pairs", type=int, default=PAIRS, help="stability: pairs of subsamples per K")
     ap.add_argument("--restarts", type=int, default=RESTARTS, help="k-means restarts per clustering of the scan")
     ap.add_argument("--dims", type=int, default=DIMS,
-                    help="stability: k-means on the top DIMS principal coordinates of the features (0: all)")
+                    help="modularity and stability: k-means on the top DIMS principal coordinates of the features "
+                         "(0: all)")
     ap.add_argument("--bandwidth", type=float,
-                    help="smoothing over K, in K (0: none; default 5 for stability, 3 for the silhouette)")
+                    help="smoothing over K, in K (0: none; default 3 for modularity and the silhouette, 5 for "
+                         "stability)")
     ap.add_argument("--every-k", action="store_true", help="scan every K (default: every K to 30, then a grid)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--plot", action="store_true", help="draw the curve to RUN/k.png (needs matplotlib)")

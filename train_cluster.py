@@ -103,7 +103,7 @@ def main():
     log(f"read {n} encoded instances from {args.data}, model and {neighbors.shape[1]} neighbours each from {args.init}")
 
     k_estimate = None
-    if args.k == "auto":  # label-free: the stability of k-means on the Siamese features (estimate_k.py)
+    if args.k == "auto":  # label-free: k-means on the Siamese features scored by estimate_k.py (modularity)
         t0 = time.time()
         args.k, curve = estimate_k(load_npy(os.path.join(args.init, "features.npy"), n), seed=args.seed, log=log,
                                    type_pair=type_pairs_of(args.data))

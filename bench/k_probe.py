@@ -5,12 +5,14 @@
 Run it on TRAINING parts only (bench/quality.py's 80 %; any directory with features.npy and, beside
 it or in the encoded data directory its meta.json names, labels.npy): the criterion and its settings
 are chosen here, and the held-out 20 % is left for the figures.  For each directory:
-  - each rule's estimate, made by estimate_k.estimate_k itself (no labels): the silhouette (2 k-means
-    starts) smoothed with std 3 (the first criterion) and 5; stability (3 subsample pairs, 2 k-means
-    starts) on the top 64 principal coordinates smoothed with std 5 and 3, and on all dimensions (the
-    rule before) with 2 starts and with 1, std 5; and on typed data the 64-coordinate stability with
-    std 5 read from a type floor (estimate_k.type_floor: the type pairs holding at least 0.5 %, the
-    default, or 1 % of the instances, or every type pair) instead of from 10;
+  - each rule's estimate, made by estimate_k.estimate_k itself (no labels): modularity on the
+    10-nearest-neighbour graph (the default) smoothed with std 3, 0 and 5, from the type floor; the
+    silhouette (2 k-means starts) smoothed with std 3 (the first criterion) and 5; stability (3
+    subsample pairs, 2 k-means starts) on the top 64 principal coordinates smoothed with std 5 and 3,
+    and on all dimensions (the rule before it) with 2 starts and with 1, std 5; and on typed data the
+    64-coordinate stability with std 5 read from a type floor (estimate_k.type_floor: the type pairs
+    holding at least 0.5 %, the default before modularity, or 1 % of the instances, or every type pair)
+    instead of from 10;
   - k-means B3 F1 against the gold relations at every K of the default grid (10..100) and at each K a
     rule picks, each the MEAN over 3 k-means seeds (3 restarts each): one k-means run moves B3 F1 by
     1-5 points from seed to seed, so the best of 44 single runs would be the luckiest draw.  Labels are
@@ -32,8 +34,9 @@ from estimate_k import TYPE_SHARE, estimate_k, normalise, scan_ks, smooth, type_
 from evaluate import seed_mean_b3  # noqa: E402
 from rundir import data_dir  # noqa: E402
 
-SCANS = {"silhouette": {"criterion": "silhouette"}, "stability": {}, "stability, all dimensions": {"dims": 0},
-         "stability, 1 start, all dimensions": {"restarts": 1, "dims": 0}}
+SCANS = {"modularity": {"criterion": "modularity"}, "silhouette": {"criterion": "silhouette"},
+         "stability": {"criterion": "stability"}, "stability, all dimensions": {"criterion": "stability", "dims": 0},
+         "stability, 1 start, all dimensions": {"criterion": "stability", "restarts": 1, "dims": 0}}
 RULES = {  # name: (scan, bandwidth, share of the type pairs counted for the floor; None: from 10)
     "silhouette, std 3 (the first criterion)": ("silhouette", 3, None),
     "silhouette, std 5": ("silhouette", 5, None),
@@ -41,9 +44,12 @@ RULES = {  # name: (scan, bandwidth, share of the type pairs counted for the flo
     "stability, 64 dimensions, std 3, from 10": ("stability", 3, None),
     "stability, all dimensions, std 5 (the rule before)": ("stability, all dimensions", 5, None),
     "stability, all dimensions, 1 start, std 5": ("stability, 1 start, all dimensions", 5, None),
-    "stability, std 5, from type pairs >= 0.5 % (the default)": ("stability", 5, TYPE_SHARE),
+    "stability, std 5, from type pairs >= 0.5 % (the default before)": ("stability", 5, TYPE_SHARE),
     "stability, std 5, from type pairs >= 1 %": ("stability", 5, 0.01),
     "stability, std 5, from every type pair": ("stability", 5, 0.0),
+    "modularity, std 3, from type pairs >= 0.5 % (the default)": ("modularity", 3, TYPE_SHARE),
+    "modularity, std 0, from type pairs >= 0.5 %": ("modularity", 0, TYPE_SHARE),
+    "modularity, std 5, from type pairs >= 0.5 %": ("modularity", 5, TYPE_SHARE),
 }
 SEEDS = 3
 

@@ -54,10 +54,61 @@ def test_stability_recovers_the_number_of_well_separated_clusters(k, restarts):
     silhouette reads 20 (README, "How many relations?").  These blobs are 64 wide, as many dimensions
     as the scan's principal coordinates, so it clusters them as they are."""
     x, _ = blobs(k, (150 if k < 10 else 100) * k, seed=k)
-    est, curve = estimate_k.estimate_k(x, 2, 40, seed=0, restarts=restarts, bandwidth=0)
+    est, curve = estimate_k.estimate_k(x, 2, 40, seed=0, criterion="stability", restarts=restarts, bandwidth=0)
     assert est == k, curve["score"]
     assert curve["criterion"] == "stability" and curve["k"] == estimate_k.scan_ks(2, 40)
     assert curve["restarts"] == restarts and not curve["weak"]
+
+
+@pytest.mark.parametrize("k, bandwidth", [(3, 0), (4, 0), (5, 0), (8, 0), (9, 0), (5, 3), (7, 3), (8, 3), (9, 3),
+                                          (10, 3)])
+def test_modularity_recovers_the_number_of_well_separated_clusters(k, bandwidth):
+    """Blobs on the sphere, unsmoothed and with the default smoothing (std 3).  Modularity reads these
+    draws of 3, 4, 5, 8 and 9 blobs right unsmoothed (but 6 and 7 as one more, and 10 as 9: k-means from
+    2 starts can merge two blobs and cut a third, which keeps fewer of the graph's edges at the true K);
+    smoothed it reads 5, 7, 8, 9 and 10 right (3 and 4 as one fewer: the smoothing moves a sharp peak at
+    the range's lower end, the price of a smoothing that the real curves need; 20 as 18)."""
+    x, _ = blobs(k, (150 if k < 10 else 100) * k, seed=k)
+    est, curve = estimate_k.estimate_k(x, 2, 40, seed=0, bandwidth=bandwidth)
+    assert est == k, curve["score"]
+    assert curve["criterion"] == "modularity" and curve["k"] == estimate_k.scan_ks(2, 40)
+    assert curve["bandwidth"] == bandwidth and curve["dims"] == 64 and curve["pairs"] is None and not curve["weak"]
+
+
+def modularity_brute_force(a, assign):
+    """Newman's Q written out over every pair of nodes: (1 / 2E) sum_ij [A_ij - d_i d_j / 2E] [c_i = c_j]."""
+    d = a.sum(1)
+    two_e = d.sum()
+    return sum(a[i, j] - d[i] * d[j] / two_e for i in range(len(a)) for j in range(len(a))
+               if assign[i] == assign[j]) / two_e
+
+
+def test_modularity_matches_its_definition():
+    rng = np.random.default_rng(0)
+    for trial in range(5):
+        m = int(rng.integers(5, 30))
+        a = np.triu((rng.random((m, m)) < 0.3).astype(np.float32), 1)
+        a = a + a.T
+        a[0, 1] = a[1, 0] = 1  # at least one edge
+        assign = rng.integers(int(rng.integers(1, 6)), size=m)
+        assert estimate_k.modularity(torch.from_numpy(a), assign) == pytest.approx(modularity_brute_force(a, assign),
+                                                                                  abs=1e-6)
+    a = torch.from_numpy(np.kron(np.eye(3), np.ones((4, 4))) - np.eye(12)).float()  # 3 cliques of 4, no link between
+    assert estimate_k.modularity(a, np.repeat([0, 1, 2], 4)) == pytest.approx(1 - 3 / 9)
+    assert estimate_k.modularity(a, np.zeros(12, int)) == pytest.approx(0.0)  # one cluster: Q = 0
+    assert estimate_k.modularity(a, np.repeat([0, 1, 2], 4)) > estimate_k.modularity(a, np.arange(12) % 6)
+
+
+def test_knn_graph_links_each_instance_to_its_nearest():
+    """Symmetric, no self-loops, and i - j linked exactly where j is among the n most cosine-similar of
+    i or i among those of j (brute force); at most m - 1 neighbours where m is small."""
+    x = estimate_k.normalise(np.random.default_rng(1).normal(size=(40, 8)))
+    sim = torch.from_numpy(x @ x.T)
+    a = estimate_k.knn_graph(sim, 5).numpy()
+    nearest = [set(np.argsort(-np.where(np.eye(40, dtype=bool)[i], -np.inf, x @ x[i]))[:5].tolist()) for i in range(40)]
+    brute = np.array([[float(j in nearest[i] or i in nearest[j]) for j in range(40)] for i in range(40)])
+    assert (a == brute).all() and (a == a.T).all() and not a.diagonal().any() and (a.sum(1) >= 5).all()
+    assert (estimate_k.knn_graph(sim[:4, :4], 10).numpy() == 1 - np.eye(4)).all()
 
 
 def test_stability_is_one_where_k_means_finds_the_same_partition():
@@ -86,7 +137,7 @@ def test_stability_on_principal_coordinates_recovers_well_separated_clusters(k):
     coordinates, and reads 5 and 10 blobs right (these draws of 7 as 8, as the full dimensions read 6,
     8 and 9 of the 64-dimensional blobs above)."""
     x, _ = blobs(k, (150 if k < 10 else 100) * k, dim=384, seed=k)
-    est, curve = estimate_k.estimate_k(x, 2, 40, seed=0, bandwidth=0)
+    est, curve = estimate_k.estimate_k(x, 2, 40, seed=0, criterion="stability", bandwidth=0)
     assert est == k and curve["dims"] == estimate_k.DIMS == 64, curve["score"]
 
 
@@ -94,8 +145,9 @@ def test_subsample_where_n_is_large():
     x, _ = blobs(7, 3000, spread=0.05, seed=3)
     est, curve = estimate_k.estimate_k(x, 2, 20, seed=0, sample=800, criterion="silhouette")
     assert est == 7 and curve["n"] == 3000 and curve["sample"] == 800
-    _, curve = estimate_k.estimate_k(x, 2, 20, seed=0, sample=800)  # stability: 80 % of the 800
-    assert curve["n"] == 3000 and curve["sample"] == 800
+    for criterion in ("modularity", "stability"):  # stability: 80 % of the 800 in each clustering
+        _, curve = estimate_k.estimate_k(x, 2, 20, seed=0, sample=800, criterion=criterion)
+        assert curve["n"] == 3000 and curve["sample"] == 800
 
 
 def test_reads_no_labels_and_is_repeatable():
@@ -151,12 +203,13 @@ def test_one_cluster_is_flagged_weak_not_a_crash():
 def test_range_is_clipped_to_n():
     x, _ = blobs(3, 20, seed=4)
     notes = []
-    est, curve = estimate_k.estimate_k(x, k_max=100, seed=0, log=notes.append)
+    est, curve = estimate_k.estimate_k(x, k_max=100, seed=0, log=notes.append, criterion="stability")
     assert curve["k"] == list(range(10, 16)) and 10 <= est <= 15  # stability: subsamples of 16
     assert "only 20 instances" in curve["note"] and "16 instances each clustering sees" in curve["note"]
     assert notes == [curve["note"]]
-    est, curve = estimate_k.estimate_k(x, k_max=100, seed=0, criterion="silhouette")
-    assert curve["k"] == list(range(10, 20)) and 10 <= est <= 19 and "(N - 1)" in curve["note"]
+    for criterion in ("silhouette", "modularity"):  # each clustering sees all 20
+        est, curve = estimate_k.estimate_k(x, k_max=100, seed=0, criterion=criterion)
+        assert curve["k"] == list(range(10, 20)) and 10 <= est <= 19 and "(N - 1)" in curve["note"]
     _, curve = estimate_k.estimate_k(x, 1, 5, seed=0)
     assert curve["k"][0] == 2 and "cannot be scored" in curve["note"]
 
@@ -186,13 +239,14 @@ def test_type_floor_raises_the_lower_end_of_the_scan():
         estimate_k.estimate_k(x, 2, 30, type_pair=tp[1:])
 
 
-@pytest.mark.parametrize("n, k_min, k_max, msg", [(2, 2, 100, "at least 3"), (1, 2, 100, "at least 3"),
-                                                  (3, 2, 100, "at least 3"),  # stability: subsamples of 2
-                                                  (10, 12, 20, "leaves nothing to scan"),
-                                                  (8, estimate_k.K_MIN, 100, "leaves nothing to scan")])
-def test_too_few_instances_is_a_clear_error(n, k_min, k_max, msg):
+@pytest.mark.parametrize("n, k_min, k_max, criterion, msg", [
+    (2, 2, 100, "modularity", "at least 3"), (1, 2, 100, "modularity", "at least 3"),
+    (3, 2, 100, "stability", "at least 3"),  # stability: subsamples of 2
+    (10, 12, 20, "modularity", "leaves nothing to scan"),
+    (8, estimate_k.K_MIN, 100, "modularity", "leaves nothing to scan")])
+def test_too_few_instances_is_a_clear_error(n, k_min, k_max, criterion, msg):
     with pytest.raises(estimate_k.DataError, match=msg):
-        estimate_k.estimate_k(np.ones((n, 4), np.float32), k_min, k_max)
+        estimate_k.estimate_k(np.ones((n, 4), np.float32), k_min, k_max, criterion=criterion)
     with pytest.raises(estimate_k.DataError, match="criterion 'gap'"):
         estimate_k.estimate_k(np.ones((50, 4), np.float32), criterion="gap")
 
@@ -204,11 +258,15 @@ def test_stage_writes_k_json_and_plot(tmp_path):
     x, _ = blobs(7, 1050, seed=7)
     d = write_features(tmp_path / "run", x)
     (d / "labels.npy").write_bytes(b"not an array")  # never read: the estimate needs no labels
-    p = run("estimate_k.py", d, "--k-min", "2", "--k-max", "12", "--bandwidth", "0")
+    p = run("estimate_k.py", d, "--k-min", "2", "--k-max", "12", "--bandwidth", "0", "--criterion", "stability")
     m = json.loads((d / "k.json").read_text())
     assert "estimated K = 7" in p.stdout and m["k"] == 7 and m["criterion"].startswith("stability")
     assert m["restarts"] == 2 and m["bandwidth"] == 0 and len(m["curve"]["score"]) == 11 and m["dims"] == 64
     assert m["pairs"] == 3
+    p = run("estimate_k.py", d, "--k-min", "2", "--k-max", "20")  # the default: modularity, smoothed with std 3
+    m = json.loads((d / "k.json").read_text())
+    assert "estimated K = 7" in p.stdout and m["k"] == 7 and m["criterion"].startswith("modularity")
+    assert m["bandwidth"] == 3 and m["dims"] == 64 and m["pairs"] is None and len(m["curve"]["score"]) == 19
     p = run("estimate_k.py", d, "--k-min", "2", "--k-max", "30", "--plot", "--criterion", "silhouette")
     assert "estimated K = 7" in p.stdout and "no labels are read" in p.stdout
     m = json.loads((d / "k.json").read_text())
@@ -349,9 +407,9 @@ def test_evaluate_k_auto_and_k_scan(auto):
         assert s["k_gold"] == len(np.unique(labels))
         assert s["oracle_best_b3_f1"] == max(by_k[k] for k in estimate_k.scan_ks(*s["k_range"]))
         assert s["b3_f1_at_estimate"] == by_k[s["k_estimated"]] <= s["oracle_best_b3_f1"]
-        assert s["k_curve"]["k"] == estimate_k.scan_ks(10, 31)  # 40 test instances, subsamples of 32: K < 32
-        assert s["k_range"] == [10, 30]
-        assert s["scan_seeds"] == 3 and s["criterion"] == "stability"
+        assert s["k_curve"]["k"] == estimate_k.scan_ks(10, 39)  # 40 test instances: K < 40
+        assert s["k_range"] == [10, 38]  # scan_ks(10, 39) ends at 38 (every second K above 30)
+        assert s["scan_seeds"] == 3 and s["criterion"].startswith("modularity")
     # K also estimated on the training part's features of the same kind: the final features of the model
     # behind test_cluster (as train_cluster.py --k auto would), and --lda-from's frozen features
     for s, train in zip(m["k_scan"], (out / "cluster", out / "train")):
@@ -395,9 +453,12 @@ def test_k_probe_scores_each_rule_against_the_seed_averaged_curve(tmp_path):
     p = run("bench/k_probe.py", d, "--out", out)
     r = json.loads(out.read_text())[str(d)]
     k, curve = estimate_k.estimate_k(x)  # the default rule, as the stage makes it (no types: no floor)
-    assert r["picks"]["stability, std 5, from type pairs >= 0.5 % (the default)"] == k
+    assert r["picks"]["modularity, std 3, from type pairs >= 0.5 % (the default)"] == k
+    assert r["scans"]["modularity"]["score"] == curve["score"] and r["gold"] == 4
+    k, curve = estimate_k.estimate_k(x, criterion="stability")
+    assert r["picks"]["stability, std 5, from type pairs >= 0.5 % (the default before)"] == k
     assert r["picks"]["stability, 64 dimensions, std 5, from 10"] == k
-    assert r["scans"]["stability"]["score"] == curve["score"] and r["gold"] == 4
+    assert r["scans"]["stability"]["score"] == curve["score"]
     assert {int(k) for k in r["oracle"]} >= set(estimate_k.scan_ks(10, 100)) | set(r["picks"].values())
     x_n = estimate_k.normalise(x)
     from metrics import b3
@@ -414,8 +475,10 @@ def test_k_probe_scores_each_rule_against_the_seed_averaged_curve(tmp_path):
                                                  "model": "m", "markers": []}))
     run("bench/k_probe.py", typed, "--out", out)
     picks = json.loads(out.read_text())[str(typed)]["picks"]
-    default = picks["stability, std 5, from type pairs >= 0.5 % (the default)"]
+    default = picks["modularity, std 3, from type pairs >= 0.5 % (the default)"]
     assert default == estimate_k.estimate_k(x, type_pair=tp)[0] and default >= 15
+    before = picks["stability, std 5, from type pairs >= 0.5 % (the default before)"]
+    assert before == estimate_k.estimate_k(x, type_pair=tp, criterion="stability")[0] and before >= 15
     assert estimate_k.type_floor(tp) == estimate_k.type_floor(tp, 0.01) == 15 and estimate_k.type_floor(tp, 0) == 16
     assert picks["stability, std 5, from type pairs >= 1 %"] >= 15
     assert picks["stability, std 5, from every type pair"] >= 16
