@@ -28,7 +28,7 @@ highest.  Three criteria:
 
 On the training parts of the shared sets (18 feature sets: frozen, Siamese and final features of
 FewRel, Re-DocRED and FewRel with its entities hidden), the K that modularity picks is 1.0 B3 F1 points
-from the best K of the range on average and 2.8 at most, against 1.7 and 5.9 for stability (README, "How
+from the best K of 10..40 on average and 2.8 at most, against 1.7 and 5.9 for stability (README, "How
 many relations?"; NOTES.md, "Twenty-first session").
 
 The default range is 10..100, PromptORE's lower end: on typed data the criteria favour the handful of
