@@ -302,7 +302,7 @@ def estimate_k(features, k_min=K_MIN, k_max=K_MAX, seed=0, criterion="modularity
 
 
 CRITERION_NAMES = {
-    "modularity": "modularity: of k-means on the 10-nearest-neighbour graph, Gaussian-smoothed over K, maximum",
+    "modularity": f"modularity: of k-means on the {NEIGHBORS}-nearest-neighbour graph, Gaussian-smoothed over K, maximum",
     "stability": "stability: mean ARI of k-means on pairs of random 80 % subsamples, Gaussian-smoothed over K, maximum",
     "silhouette": "silhouette (cosine distance) of k-means, Gaussian-smoothed over K, maximum"}
 
@@ -317,7 +317,7 @@ def record(k, curve, **extra):
             "curve": {key: curve[key] for key in ("k", "score", "smoothed")}}
 
 
-LABELS = {"modularity": "modularity (10-nearest-neighbour graph)", "stability": "stability (mean ARI of subsamples)",
+LABELS = {"modularity": f"modularity ({NEIGHBORS}-nearest-neighbour graph)", "stability": "stability (mean ARI of subsamples)",
           "silhouette": "mean silhouette (cosine)"}
 
 
